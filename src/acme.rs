@@ -1,0 +1,382 @@
+//! The ACME client (instant-acme): one account per directory URL, shared by
+//! every instance and stored encrypted; orders re-opened by URL so that a
+//! restarted broker resumes where it stopped.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::NaiveDateTime;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, ChallengeType, HttpClient,
+    Identifier, NewAccount, NewOrder, Order, OrderStatus,
+};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tokio::sync::Mutex;
+
+use crate::actors::Store;
+use crate::config::AcmeConfig;
+use crate::crypto::Cipher;
+use crate::db::models::{AcmeAccountRow, new_id, now};
+use crate::db::{DbError, queries};
+use crate::domain::{DomainList, DomainName};
+
+const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    #[error("the ACME server refused: {0}")]
+    Refused(String),
+    #[error("the ACME server is rate limiting us: {0}")]
+    RateLimited(String),
+    #[error("cannot reach the ACME server: {0}")]
+    Unreachable(String),
+    #[error("the order is invalid: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("ACME client set-up: {0}")]
+    Setup(String),
+}
+
+impl AcmeError {
+    /// Problems the CA reports about the request itself will not go away by
+    /// trying again; network trouble and rate limits will.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, AcmeError::Refused(_) | AcmeError::Invalid(_))
+    }
+}
+
+impl From<instant_acme::Error> for AcmeError {
+    fn from(e: instant_acme::Error) -> Self {
+        match e {
+            instant_acme::Error::Api(problem) => {
+                let text = problem.to_string();
+                match problem.r#type.as_deref() {
+                    Some(RATE_LIMITED) => AcmeError::RateLimited(text),
+                    Some(t) if t.ends_with(":badNonce") || t.ends_with(":serverInternal") => {
+                        AcmeError::Unreachable(text)
+                    }
+                    _ => AcmeError::Refused(text),
+                }
+            }
+            other => AcmeError::Unreachable(other.to_string()),
+        }
+    }
+}
+
+/// One dns-01 challenge of a new order.
+pub struct NewChallenge {
+    /// The name validated: a wildcard's base.
+    pub domain: DomainName,
+    pub authorization_url: String,
+    pub challenge_url: String,
+    pub txt_value: String,
+}
+
+pub struct CreatedOrder {
+    pub url: String,
+    /// Challenges still to answer; authorizations the CA already holds as
+    /// valid (reuse) need none.
+    pub challenges: Vec<NewChallenge>,
+}
+
+pub enum OrderState {
+    Pending,
+    Ready,
+    Processing,
+    Valid,
+    /// Why, naming the domain and what the CA said.
+    Invalid(String),
+}
+
+pub struct AcmeClient {
+    config: AcmeConfig,
+    store: Store,
+    cipher: Cipher,
+    roots: Arc<rustls::RootCertStore>,
+    account: Mutex<Option<Arc<Account>>>,
+}
+
+impl AcmeClient {
+    pub fn new(config: &AcmeConfig, store: Store, cipher: Cipher) -> Result<AcmeClient, AcmeError> {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        if let Some(path) = &config.root_cert {
+            for cert in CertificateDer::pem_file_iter(path)
+                .map_err(|e| AcmeError::Setup(format!("ACME_ROOT_CERT {}: {e}", path.display())))?
+            {
+                let cert = cert.map_err(|e| AcmeError::Setup(format!("ACME_ROOT_CERT: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| AcmeError::Setup(format!("ACME_ROOT_CERT: {e}")))?;
+            }
+        }
+        Ok(AcmeClient {
+            config: config.clone(),
+            store,
+            cipher,
+            roots: Arc::new(roots),
+            account: Mutex::new(None),
+        })
+    }
+
+    fn http(&self) -> Box<dyn HttpClient> {
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("the default provider supports the default versions")
+        .with_root_certificates(self.roots.clone())
+        .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let client: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, BodyWrapper<Bytes>> =
+            HyperClient::builder(TokioExecutor::new()).build(https);
+        Box::new(client)
+    }
+
+    /// The account for the configured directory: loaded from the database,
+    /// or created once and stored encrypted. Serialized so that concurrent
+    /// first orders make one account, not many.
+    pub async fn account(&self) -> Result<Arc<Account>, AcmeError> {
+        let mut cached = self.account.lock().await;
+        if let Some(account) = cached.as_ref() {
+            return Ok(account.clone());
+        }
+        let directory = self.config.directory_url.clone();
+        let lookup = directory.clone();
+        let stored = self
+            .store
+            .read(move |c| Box::pin(async move { queries::acme_account(c, &lookup).await }))
+            .await?;
+        let account = match stored {
+            Some(row) => {
+                let json = self
+                    .cipher
+                    .decrypt(&row.credentials_encrypted)
+                    .map_err(|e| AcmeError::Setup(e.to_string()))?;
+                let credentials: AccountCredentials = serde_json::from_slice(&json)
+                    .map_err(|e| AcmeError::Setup(format!("stored ACME account: {e}")))?;
+                Account::builder_with_http(self.http())
+                    .from_credentials(credentials)
+                    .await?
+            }
+            None => {
+                let contact: Vec<String> = self
+                    .config
+                    .contact_email
+                    .iter()
+                    .map(|e| format!("mailto:{e}"))
+                    .collect();
+                let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
+                let (account, credentials) = Account::builder_with_http(self.http())
+                    .create(
+                        &NewAccount {
+                            contact: &contact,
+                            terms_of_service_agreed: true,
+                            only_return_existing: false,
+                        },
+                        directory.clone(),
+                        None,
+                    )
+                    .await?;
+                let json = serde_json::to_vec(&credentials)
+                    .map_err(|e| AcmeError::Setup(e.to_string()))?;
+                let row = AcmeAccountRow {
+                    id: new_id(),
+                    directory_url: directory,
+                    credentials_encrypted: self.cipher.encrypt(&json),
+                    created_at: now(),
+                };
+                tracing::info!(directory = %row.directory_url, "created ACME account");
+                self.store
+                    .write("insert_acme_account", move |c| {
+                        Box::pin(async move { queries::insert_acme_account(c, &row).await })
+                    })
+                    .await?;
+                account
+            }
+        };
+        let account = Arc::new(account);
+        *cached = Some(account.clone());
+        Ok(account)
+    }
+
+    async fn order(&self, url: &str) -> Result<Order, AcmeError> {
+        Ok(self.account().await?.order(url.to_string()).await?)
+    }
+
+    pub async fn new_order(&self, domains: &DomainList) -> Result<CreatedOrder, AcmeError> {
+        let identifiers: Vec<Identifier> = domains
+            .iter()
+            .map(|d| Identifier::Dns(d.to_string()))
+            .collect();
+        let account = self.account().await?;
+        let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+        let url = order.url().to_string();
+        let mut challenges = Vec::new();
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz?;
+            if authz.status != AuthorizationStatus::Pending {
+                continue;
+            }
+            let authorization_url = authz.url().to_string();
+            let Identifier::Dns(base) = authz.identifier().identifier.clone() else {
+                continue;
+            };
+            let domain = DomainName::parse(&base)
+                .map_err(|e| AcmeError::Refused(format!("the CA named an odd identifier: {e}")))?;
+            let challenge = authz.challenge(ChallengeType::Dns01).ok_or_else(|| {
+                AcmeError::Refused(format!("the CA offers no dns-01 challenge for {base}"))
+            })?;
+            challenges.push(NewChallenge {
+                domain,
+                authorization_url,
+                challenge_url: challenge.url.clone(),
+                txt_value: challenge.key_authorization().dns_value(),
+            });
+        }
+        Ok(CreatedOrder { url, challenges })
+    }
+
+    /// Tells the CA a challenge's record is in place.
+    pub async fn answer(&self, order_url: &str, challenge_url: &str) -> Result<(), AcmeError> {
+        let mut order = self.order(order_url).await?;
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz?;
+            if let Some(mut challenge) = authz.challenge(ChallengeType::Dns01)
+                && challenge.url == challenge_url
+            {
+                if challenge.status == instant_acme::ChallengeStatus::Pending {
+                    challenge.set_ready().await?;
+                }
+                return Ok(());
+            }
+        }
+        Err(AcmeError::Invalid(format!(
+            "the order no longer has the challenge {challenge_url}"
+        )))
+    }
+
+    pub async fn order_state(&self, order_url: &str) -> Result<OrderState, AcmeError> {
+        let mut order = self.order(order_url).await?;
+        let status = order.refresh().await?.status;
+        Ok(match status {
+            OrderStatus::Pending => OrderState::Pending,
+            OrderStatus::Ready => OrderState::Ready,
+            OrderStatus::Processing => OrderState::Processing,
+            OrderStatus::Valid => OrderState::Valid,
+            OrderStatus::Invalid => OrderState::Invalid(why_invalid(&mut order).await),
+        })
+    }
+
+    /// Finalizes with a CSR for `key_pem` (unless already done) and returns
+    /// the PEM chain, or `None` while the CA is still issuing.
+    pub async fn finalize(
+        &self,
+        order_url: &str,
+        key_pem: &str,
+        domains: &DomainList,
+    ) -> Result<Option<String>, AcmeError> {
+        let mut order = self.order(order_url).await?;
+        let status = order.refresh().await?.status;
+        match status {
+            OrderStatus::Ready => {
+                let csr = csr_der(key_pem, domains)?;
+                order.finalize_csr(&csr).await?;
+            }
+            OrderStatus::Processing | OrderStatus::Valid => {}
+            OrderStatus::Pending => return Ok(None),
+            OrderStatus::Invalid => return Err(AcmeError::Invalid(why_invalid(&mut order).await)),
+        }
+        Ok(order.certificate().await?)
+    }
+}
+
+/// The failed authorizations of an order: which domain, and what the CA said.
+async fn why_invalid(order: &mut Order) -> String {
+    let mut reasons = Vec::new();
+    if let Some(problem) = &order.state().error {
+        reasons.push(problem.to_string());
+    }
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(authz)) = authorizations.next().await {
+        if authz.status == AuthorizationStatus::Invalid {
+            let domain = authz.identifier().to_string();
+            for challenge in &authz.challenges {
+                if let Some(problem) = &challenge.error {
+                    reasons.push(format!(
+                        "{domain}: {}",
+                        problem
+                            .detail
+                            .clone()
+                            .unwrap_or_else(|| problem.to_string())
+                    ));
+                }
+            }
+        }
+    }
+    if reasons.is_empty() {
+        "the ACME server marked the order invalid without saying why".into()
+    } else {
+        reasons.join("; ")
+    }
+}
+
+/// A fresh ECDSA P-256 key, PKCS#8 PEM.
+pub fn new_private_key_pem() -> String {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .expect("P-256 key generation")
+        .serialize_pem()
+}
+
+fn csr_der(key_pem: &str, domains: &DomainList) -> Result<Vec<u8>, AcmeError> {
+    let setup = |e: rcgen::Error| AcmeError::Setup(format!("CSR: {e}"));
+    let key = rcgen::KeyPair::from_pem(key_pem).map_err(setup)?;
+    let names: Vec<String> = domains.names().iter().map(|d| d.to_string()).collect();
+    let mut params = rcgen::CertificateParams::new(names).map_err(setup)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    Ok(params
+        .serialize_request(&key)
+        .map_err(setup)?
+        .der()
+        .to_vec())
+}
+
+/// A chain split into leaf and intermediates, with the leaf's expiry.
+pub struct IssuedChain {
+    pub leaf_pem: String,
+    pub chain_pem: String,
+    pub expires_at: NaiveDateTime,
+}
+
+pub fn parse_chain(pem: &str) -> Result<IssuedChain, String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let split = pem.find(END).ok_or("no certificate in the chain")? + END.len();
+    let leaf_pem = format!("{}\n", pem[..split].trim());
+    let chain_pem = pem[split..].trim_start().to_string();
+    let (_, block) = x509_parser::pem::parse_x509_pem(leaf_pem.as_bytes())
+        .map_err(|e| format!("leaf certificate PEM: {e:?}"))?;
+    let cert = block
+        .parse_x509()
+        .map_err(|e| format!("leaf certificate: {e:?}"))?;
+    let expires_at = chrono::DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
+        .ok_or("leaf certificate expiry out of range")?
+        .naive_utc();
+    Ok(IssuedChain {
+        leaf_pem,
+        chain_pem,
+        expires_at,
+    })
+}

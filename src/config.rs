@@ -1,0 +1,353 @@
+//! Every setting, from the environment, in one typed place. A missing or
+//! malformed setting stops start-up with a message that names it.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine;
+
+use crate::domain::DomainName;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("configuration: {name} {problem}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub problem: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Postgres(String),
+    Sqlite(PathBuf),
+}
+
+impl DatabaseUrl {
+    pub const DEFAULT: &'static str = "sqlite://data/broker.sqlite";
+
+    pub fn parse(url: &str) -> Option<DatabaseUrl> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(DatabaseUrl::Postgres(url.to_string()))
+        } else {
+            url.strip_prefix("sqlite://")
+                .filter(|p| !p.is_empty())
+                .map(|p| DatabaseUrl::Sqlite(PathBuf::from(p)))
+        }
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        matches!(self, DatabaseUrl::Sqlite(_))
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseUrl::Postgres(url) => f.write_str(url),
+            DatabaseUrl::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TsigAlgorithm {
+    HmacSha256,
+    HmacSha384,
+    HmacSha512,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DnsProvider {
+    Rfc2136 {
+        server: SocketAddr,
+        key_name: String,
+        secret: Vec<u8>,
+        algorithm: TsigAlgorithm,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct AcmeConfig {
+    pub directory_url: String,
+    pub root_cert: Option<PathBuf>,
+    pub contact_email: Option<String>,
+    pub poll_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct DnsConfig {
+    pub root_domain: DomainName,
+    pub verification_server: SocketAddr,
+    pub propagation_sleep: Duration,
+    pub provider: DnsProvider,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub addr: String,
+    pub username: String,
+    pub password: String,
+    pub database_url: DatabaseUrl,
+    pub encryption_key: [u8; 32],
+    pub acme: AcmeConfig,
+    pub dns: DnsConfig,
+}
+
+impl fmt::Debug for Config {
+    // Secrets stay out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("database_url", &self.database_url.to_string())
+            .field("acme", &self.acme)
+            .field("dns_root_domain", &self.dns.root_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads settings through a lookup function, so tests need no process env.
+pub struct Env<F: Fn(&str) -> Option<String>>(pub F);
+
+impl Env<fn(&str) -> Option<String>> {
+    pub fn process() -> Self {
+        Env(|name| std::env::var(name).ok())
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    fn get(&self, name: &'static str) -> Option<String> {
+        (self.0)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    fn required(&self, name: &'static str, what: &str) -> Result<String, ConfigError> {
+        self.get(name).ok_or_else(|| ConfigError {
+            name,
+            problem: format!("is not set: {what}"),
+        })
+    }
+
+    fn parsed<T>(
+        &self,
+        name: &'static str,
+        default: Option<&str>,
+        what: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, ConfigError> {
+        let raw = match (self.get(name), default) {
+            (Some(v), _) => v,
+            (None, Some(d)) => d.to_string(),
+            (None, None) => return Err(self.required(name, what).unwrap_err()),
+        };
+        parse(raw.trim()).ok_or_else(|| ConfigError {
+            name,
+            problem: format!("is malformed ({raw:?}): expected {what}"),
+        })
+    }
+
+    pub fn database_url(&self) -> Result<DatabaseUrl, ConfigError> {
+        self.parsed(
+            "DATABASE_URL",
+            Some(DatabaseUrl::DEFAULT),
+            "postgres://... or sqlite://PATH",
+            DatabaseUrl::parse,
+        )
+    }
+
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let host_port = |s: &str| s.to_socket_addrs().ok()?.next();
+        let seconds = |s: &str| s.parse::<u64>().ok().map(Duration::from_secs);
+        let addr = self.parsed("BROKER_ADDR", Some("127.0.0.1:8080"), "host:port", |s| {
+            host_port(s).map(|_| s.to_string())
+        })?;
+        let encryption_key = self.parsed(
+            "DATABASE_ENCRYPTION_KEY",
+            None,
+            "32 bytes in standard base64 (e.g. `openssl rand -base64 32`)",
+            |s| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .ok()?
+                    .try_into()
+                    .ok()
+            },
+        )?;
+        let acme = AcmeConfig {
+            directory_url: self.parsed(
+                "ACME_DIRECTORY_URL",
+                Some("https://acme-v02.api.letsencrypt.org/directory"),
+                "an https:// URL",
+                |s| s.starts_with("https://").then(|| s.to_string()),
+            )?,
+            root_cert: match self.get("ACME_ROOT_CERT") {
+                None => None,
+                Some(path) => Some(self.parsed(
+                    "ACME_ROOT_CERT",
+                    None,
+                    "the path of a readable PEM file",
+                    |_| {
+                        let p = PathBuf::from(path.trim());
+                        std::fs::read_to_string(&p)
+                            .ok()
+                            .filter(|pem| pem.contains("-----BEGIN CERTIFICATE-----"))
+                            .map(|_| p)
+                    },
+                )?),
+            },
+            contact_email: self.get("ACME_CONTACT_EMAIL"),
+            poll_timeout: self.parsed(
+                "ACME_POLL_TIMEOUT_IN_SECONDS",
+                Some("90"),
+                "a number of seconds",
+                seconds,
+            )?,
+        };
+        let dns = DnsConfig {
+            root_domain: self.parsed(
+                "DNS_ROOT_DOMAIN",
+                None,
+                "the zone the broker writes challenge records into, e.g. domains.example.gov",
+                |s| DomainName::parse(s).ok().filter(|d| !d.is_wildcard()),
+            )?,
+            verification_server: self.parsed(
+                "DNS_VERIFICATION_SERVER",
+                None,
+                "host:port of the resolver that checks users' CNAME records",
+                host_port,
+            )?,
+            propagation_sleep: self.parsed(
+                "DNS_PROPAGATION_SLEEP_TIME",
+                Some("300"),
+                "a number of seconds",
+                seconds,
+            )?,
+            provider: self.dns_provider(&host_port)?,
+        };
+        Ok(Config {
+            addr,
+            username: self.required(
+                "BROKER_USERNAME",
+                "the user name platforms authenticate with",
+            )?,
+            password: self.required(
+                "BROKER_PASSWORD",
+                "the password platforms authenticate with",
+            )?,
+            database_url: self.database_url()?,
+            encryption_key,
+            acme,
+            dns,
+        })
+    }
+
+    fn dns_provider(
+        &self,
+        host_port: &dyn Fn(&str) -> Option<SocketAddr>,
+    ) -> Result<DnsProvider, ConfigError> {
+        let provider = self.parsed("DNS_PROVIDER", Some("rfc2136"), "rfc2136", |s| {
+            (s == "rfc2136").then_some(())
+        });
+        provider?;
+        Ok(DnsProvider::Rfc2136 {
+            server: self.parsed(
+                "RFC2136_SERVER",
+                None,
+                "host:port of the primary server of DNS_ROOT_DOMAIN",
+                host_port,
+            )?,
+            key_name: self.required("RFC2136_TSIG_KEY_NAME", "the TSIG key name for updates")?,
+            secret: self.parsed("RFC2136_TSIG_SECRET", None, "a base64 TSIG secret", |s| {
+                base64::engine::general_purpose::STANDARD.decode(s).ok()
+            })?,
+            algorithm: self.parsed(
+                "RFC2136_TSIG_ALGORITHM",
+                Some("hmac-sha256"),
+                "hmac-sha256, hmac-sha384 or hmac-sha512",
+                |s| match s {
+                    "hmac-sha256" => Some(TsigAlgorithm::HmacSha256),
+                    "hmac-sha384" => Some(TsigAlgorithm::HmacSha384),
+                    "hmac-sha512" => Some(TsigAlgorithm::HmacSha512),
+                    _ => None,
+                },
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Env<impl Fn(&str) -> Option<String>> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Env(move |name: &str| map.get(name).cloned())
+    }
+
+    const GOOD: &[(&str, &str)] = &[
+        ("BROKER_USERNAME", "u"),
+        ("BROKER_PASSWORD", "p"),
+        (
+            "DATABASE_ENCRYPTION_KEY",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        ),
+        ("DNS_ROOT_DOMAIN", "broker.test"),
+        ("DNS_VERIFICATION_SERVER", "127.0.0.1:8053"),
+        ("RFC2136_SERVER", "127.0.0.1:8053"),
+        ("RFC2136_TSIG_KEY_NAME", "broker-key"),
+        ("RFC2136_TSIG_SECRET", "c2VjcmV0"),
+    ];
+
+    #[test]
+    fn defaults_apply() {
+        let config = env(GOOD).config().unwrap();
+        assert_eq!(config.addr, "127.0.0.1:8080");
+        assert_eq!(
+            config.database_url,
+            DatabaseUrl::Sqlite("data/broker.sqlite".into())
+        );
+        assert_eq!(config.dns.propagation_sleep, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn each_missing_or_malformed_setting_is_named() {
+        for (name, _) in GOOD {
+            let without: Vec<_> = GOOD.iter().filter(|(n, _)| n != name).copied().collect();
+            let err = env(&without).config().unwrap_err();
+            assert_eq!(err.name, *name, "{err}");
+        }
+        for (name, bad) in [
+            ("DATABASE_URL", "mysql://x"),
+            ("DATABASE_ENCRYPTION_KEY", "c2hvcnQ="),
+            ("DNS_PROPAGATION_SLEEP_TIME", "soon"),
+            ("BROKER_ADDR", "nope"),
+            ("RFC2136_TSIG_ALGORITHM", "md5"),
+            ("DNS_PROVIDER", "carrier-pigeon"),
+            ("ACME_ROOT_CERT", "/does/not/exist.pem"),
+            ("DNS_ROOT_DOMAIN", "not a domain"),
+        ] {
+            let mut pairs = GOOD.to_vec();
+            pairs.push((name, bad));
+            let err = env(&pairs).config().unwrap_err();
+            assert_eq!(err.name, name, "{err}");
+            assert!(err.to_string().contains("malformed"), "{err}");
+        }
+    }
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///abs/file.db"),
+            Some(DatabaseUrl::Sqlite("/abs/file.db".into()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://rel/file.db"),
+            Some(DatabaseUrl::Sqlite("rel/file.db".into()))
+        );
+        assert!(DatabaseUrl::parse("postgres://u@h/db").is_some());
+        assert_eq!(DatabaseUrl::parse("sqlite://"), None);
+    }
+}

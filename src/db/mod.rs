@@ -1,0 +1,139 @@
+//! The database: one code path for PostgreSQL and SQLite.
+
+pub mod models;
+pub mod queries;
+pub mod schema;
+
+use diesel::sqlite::SqliteConnection;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures_util::FutureExt;
+
+use crate::config::DatabaseUrl;
+
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// The embedded backend, run on a blocking thread behind an async face.
+pub type AsyncSqliteConnection = SyncConnectionWrapper<SqliteConnection>;
+
+/// A connection to either backend; queries written once run on both.
+// One connection per pool slot: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(diesel::MultiConnection)]
+#[diesel_async]
+pub enum DbConnection {
+    Pg(AsyncPgConnection),
+    Sqlite(AsyncSqliteConnection),
+}
+
+pub type Pool = bb8::Pool<AsyncDieselConnectionManager<DbConnection>>;
+pub type PooledConnection<'a> =
+    bb8::PooledConnection<'a, AsyncDieselConnectionManager<DbConnection>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("could not connect to the database: {0}")]
+    Connect(String),
+    #[error("database migration failed: {0}")]
+    Migration(String),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+impl From<bb8::RunError<diesel_async::pooled_connection::PoolError>> for DbError {
+    fn from(e: bb8::RunError<diesel_async::pooled_connection::PoolError>) -> Self {
+        DbError::Connect(e.to_string())
+    }
+}
+
+// WAL lets readers run beside the one writer; the busy timeout covers the
+// short moments when SQLite still takes a lock (checkpoints, a second process).
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
+
+async fn establish(url: DatabaseUrl) -> diesel::ConnectionResult<DbConnection> {
+    match url {
+        DatabaseUrl::Postgres(url) => AsyncPgConnection::establish(&url)
+            .await
+            .map(DbConnection::Pg),
+        DatabaseUrl::Sqlite(path) => {
+            let mut conn = AsyncSqliteConnection::establish(&path.to_string_lossy()).await?;
+            conn.batch_execute(SQLITE_PRAGMAS)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(DbConnection::Sqlite(conn))
+        }
+    }
+}
+
+/// Builds the pool. Connections are made lazily, except the first, which
+/// proves the settings right at start-up.
+pub async fn pool(url: &DatabaseUrl, max_size: u32) -> Result<Pool, DbError> {
+    if let DatabaseUrl::Sqlite(path) = url {
+        create_parent_dir(path)?;
+    }
+    let url_for_setup = url.clone();
+    let mut config = ManagerConfig::default();
+    config.custom_setup = Box::new(move |_| establish(url_for_setup.clone()).boxed());
+    let manager = AsyncDieselConnectionManager::new_with_config(url.to_string(), config);
+    let pool = bb8::Pool::builder()
+        .max_size(max_size)
+        .connection_timeout(std::time::Duration::from_secs(10))
+        .build(manager)
+        .await
+        .map_err(|e| DbError::Connect(e.to_string()))?;
+    drop(pool.get().await?);
+    Ok(pool)
+}
+
+/// Applies pending migrations; returns the versions applied.
+pub async fn migrate(url: &DatabaseUrl) -> Result<Vec<String>, DbError> {
+    let url = url.clone();
+    tokio::task::spawn_blocking(move || -> Result<Vec<String>, DbError> {
+        use diesel::Connection;
+        let applied = match url {
+            DatabaseUrl::Postgres(url) => {
+                type SyncPg = diesel_async::async_connection_wrapper::AsyncConnectionWrapper<
+                    AsyncPgConnection,
+                >;
+                let mut conn = <SyncPg as diesel::Connection>::establish(&url)
+                    .map_err(|e| DbError::Connect(e.to_string()))?;
+                run(&mut conn, POSTGRES_MIGRATIONS)?
+            }
+            DatabaseUrl::Sqlite(path) => {
+                create_parent_dir(&path)?;
+                let mut conn = SqliteConnection::establish(&path.to_string_lossy())
+                    .map_err(|e| DbError::Connect(e.to_string()))?;
+                diesel::connection::SimpleConnection::batch_execute(&mut conn, SQLITE_PRAGMAS)?;
+                run(&mut conn, SQLITE_MIGRATIONS)?
+            }
+        };
+        Ok(applied)
+    })
+    .await
+    .map_err(|e| DbError::Migration(e.to_string()))?
+}
+
+/// The embedded database file is created on first start, folder included.
+fn create_parent_dir(path: &std::path::Path) -> Result<(), DbError> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::create_dir_all(dir).map_err(|e| {
+            DbError::Connect(format!("cannot create directory {}: {e}", dir.display()))
+        }),
+        None => Ok(()),
+    }
+}
+
+fn run<C>(conn: &mut C, migrations: EmbeddedMigrations) -> Result<Vec<String>, DbError>
+where
+    C: MigrationHarness<C::Backend> + diesel::Connection,
+{
+    conn.run_pending_migrations(migrations)
+        .map(|versions| versions.iter().map(|v| v.to_string()).collect())
+        .map_err(|e| DbError::Migration(e.to_string()))
+}

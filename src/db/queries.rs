@@ -1,0 +1,423 @@
+//! Every query, written once for both backends. Reads take any connection;
+//! the functions that write are called only inside the StoreActor.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::models::*;
+use super::schema::*;
+use super::{DbConnection, DbError};
+
+type Conn = DbConnection;
+
+pub async fn instance(conn: &mut Conn, id: &str) -> Result<Option<InstanceRow>, DbError> {
+    Ok(service_instances::table
+        .find(id)
+        .select(InstanceRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+pub async fn operation(conn: &mut Conn, id: &str) -> Result<Option<OperationRow>, DbError> {
+    Ok(operations::table
+        .find(id)
+        .select(OperationRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+pub async fn latest_operation(
+    conn: &mut Conn,
+    instance_id: &str,
+) -> Result<Option<OperationRow>, DbError> {
+    Ok(operations::table
+        .filter(operations::instance_id.eq(instance_id))
+        .order((operations::created_at.desc(), operations::id.desc()))
+        .select(OperationRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Instances whose operation has not finished: the Supervisor resumes them.
+pub async fn unfinished_instance_ids(conn: &mut Conn) -> Result<Vec<String>, DbError> {
+    Ok(operations::table
+        .filter(operations::state.eq(operation_state::IN_PROGRESS))
+        .select(operations::instance_id)
+        .distinct()
+        .load(conn)
+        .await?)
+}
+
+/// Of `domains`, those held by a live instance other than `instance_id`.
+pub async fn domains_held_by_others(
+    conn: &mut Conn,
+    instance_id: &str,
+    domains: &[&str],
+) -> Result<Vec<String>, DbError> {
+    Ok(instance_domains::table
+        .filter(instance_domains::domain.eq_any(domains))
+        .filter(instance_domains::instance_id.ne(instance_id))
+        .select(instance_domains::domain)
+        .order(instance_domains::domain)
+        .load(conn)
+        .await?)
+}
+
+pub async fn certificate(conn: &mut Conn, id: &str) -> Result<Option<CertificateRow>, DbError> {
+    Ok(certificates::table
+        .find(id)
+        .select(CertificateRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+pub async fn challenges_of(
+    conn: &mut Conn,
+    certificate_id: &str,
+) -> Result<Vec<ChallengeRow>, DbError> {
+    Ok(challenges::table
+        .filter(challenges::certificate_id.eq(certificate_id))
+        .order(challenges::domain)
+        .select(ChallengeRow::as_select())
+        .load(conn)
+        .await?)
+}
+
+pub async fn dns_records_of(
+    conn: &mut Conn,
+    instance_id: &str,
+) -> Result<Vec<DnsRecordRow>, DbError> {
+    Ok(dns_records::table
+        .filter(dns_records::instance_id.eq(instance_id))
+        .order(dns_records::created_at)
+        .select(DnsRecordRow::as_select())
+        .load(conn)
+        .await?)
+}
+
+pub async fn binding(conn: &mut Conn, id: &str) -> Result<Option<BindingRow>, DbError> {
+    Ok(bindings::table
+        .find(id)
+        .select(BindingRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+pub async fn acme_account(
+    conn: &mut Conn,
+    directory_url: &str,
+) -> Result<Option<AcmeAccountRow>, DbError> {
+    Ok(acme_accounts::table
+        .filter(acme_accounts::directory_url.eq(directory_url))
+        .select(AcmeAccountRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+// ---- writes (StoreActor only) ----
+
+/// Removes every row of an instance, tombstone included: used before an id
+/// is provisioned again.
+pub async fn purge_instance(conn: &mut Conn, id: &str) -> Result<(), DbError> {
+    delete_key_material(conn, id).await?;
+    diesel::delete(dns_records::table.filter(dns_records::instance_id.eq(id)))
+        .execute(conn)
+        .await?;
+    diesel::delete(operations::table.filter(operations::instance_id.eq(id)))
+        .execute(conn)
+        .await?;
+    release_domains(conn, id).await?;
+    diesel::delete(service_instances::table.find(id))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Creates an instance with its domain claims and first operation. Returns
+/// the domains another live instance holds instead, and then writes nothing.
+pub async fn create_instance(
+    conn: &mut Conn,
+    instance: &InstanceRow,
+    domains: &[&str],
+    operation: &OperationRow,
+) -> Result<Result<(), Vec<String>>, DbError> {
+    let taken = domains_held_by_others(conn, &instance.id, domains).await?;
+    if !taken.is_empty() {
+        return Ok(Err(taken));
+    }
+    purge_instance(conn, &instance.id).await?;
+    diesel::insert_into(service_instances::table)
+        .values(instance)
+        .execute(conn)
+        .await?;
+    claim_domains(conn, &instance.id, domains).await?;
+    insert_operation(conn, operation).await?;
+    Ok(Ok(()))
+}
+
+pub async fn claim_domains(
+    conn: &mut Conn,
+    instance_id: &str,
+    domains: &[&str],
+) -> Result<(), DbError> {
+    diesel::delete(instance_domains::table.filter(instance_domains::instance_id.eq(instance_id)))
+        .execute(conn)
+        .await?;
+    for domain in domains {
+        diesel::insert_into(instance_domains::table)
+            .values((
+                instance_domains::domain.eq(*domain),
+                instance_domains::instance_id.eq(instance_id),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn insert_operation(conn: &mut Conn, operation: &OperationRow) -> Result<(), DbError> {
+    diesel::insert_into(operations::table)
+        .values(operation)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Moves an instance from one state to another, and does nothing when it is
+/// no longer in `from` (a deprovision may have overtaken a provision).
+pub async fn move_instance_state(
+    conn: &mut Conn,
+    id: &str,
+    from: &str,
+    state: &str,
+) -> Result<(), DbError> {
+    diesel::update(
+        service_instances::table
+            .find(id)
+            .filter(service_instances::state.eq(from)),
+    )
+    .set((
+        service_instances::state.eq(state),
+        service_instances::updated_at.eq(now()),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records where an operation stands after a step, or a retry to come.
+pub async fn record_progress(
+    conn: &mut Conn,
+    operation_id: &str,
+    next_step: i32,
+    attempts: i32,
+    next_attempt_at: NaiveDateTime,
+    description: &str,
+    last_error: Option<&str>,
+) -> Result<(), DbError> {
+    diesel::update(operations::table.find(operation_id))
+        .set((
+            operations::next_step.eq(next_step),
+            operations::attempts.eq(attempts),
+            operations::next_attempt_at.eq(next_attempt_at),
+            operations::description.eq(description),
+            operations::last_error.eq(last_error),
+            operations::updated_at.eq(now()),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn finish_operation(
+    conn: &mut Conn,
+    operation_id: &str,
+    state: &str,
+    description: &str,
+) -> Result<(), DbError> {
+    let now = now();
+    diesel::update(operations::table.find(operation_id))
+        .set((
+            operations::state.eq(state),
+            operations::description.eq(description),
+            operations::updated_at.eq(now),
+            operations::finished_at.eq(Some(now)),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn release_domains(conn: &mut Conn, instance_id: &str) -> Result<(), DbError> {
+    diesel::delete(instance_domains::table.filter(instance_domains::instance_id.eq(instance_id)))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn insert_binding(conn: &mut Conn, binding: &BindingRow) -> Result<(), DbError> {
+    diesel::insert_into(bindings::table)
+        .values(binding)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn delete_binding(conn: &mut Conn, id: &str) -> Result<usize, DbError> {
+    Ok(diesel::delete(bindings::table.find(id))
+        .execute(conn)
+        .await?)
+}
+
+/// Starts a new operation on an existing instance, moving it to `state`.
+pub async fn start_operation(
+    conn: &mut Conn,
+    instance_id: &str,
+    state: &str,
+    operation: &OperationRow,
+) -> Result<(), DbError> {
+    diesel::update(service_instances::table.find(instance_id))
+        .set((
+            service_instances::state.eq(state),
+            service_instances::updated_at.eq(now()),
+        ))
+        .execute(conn)
+        .await?;
+    insert_operation(conn, operation).await
+}
+
+pub async fn certificate_of_operation(
+    conn: &mut Conn,
+    operation_id: &str,
+) -> Result<Option<CertificateRow>, DbError> {
+    Ok(certificates::table
+        .filter(certificates::operation_id.eq(operation_id))
+        .select(CertificateRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+pub async fn insert_certificate(
+    conn: &mut Conn,
+    certificate: &CertificateRow,
+    challenges: &[ChallengeRow],
+) -> Result<(), DbError> {
+    diesel::insert_into(certificates::table)
+        .values(certificate)
+        .execute(conn)
+        .await?;
+    for challenge in challenges {
+        diesel::insert_into(challenges::table)
+            .values(challenge)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn mark_challenge_answered(conn: &mut Conn, id: &str) -> Result<(), DbError> {
+    diesel::update(challenges::table.find(id))
+        .set(challenges::answered_at.eq(Some(now())))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn insert_dns_record(conn: &mut Conn, record: &DnsRecordRow) -> Result<(), DbError> {
+    diesel::insert_into(dns_records::table)
+        .values(record)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn delete_dns_record(conn: &mut Conn, id: &str) -> Result<(), DbError> {
+    diesel::delete(dns_records::table.find(id))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn store_issued(
+    conn: &mut Conn,
+    certificate_id: &str,
+    leaf_pem: &str,
+    chain_pem: &str,
+    expires_at: NaiveDateTime,
+) -> Result<(), DbError> {
+    diesel::update(certificates::table.find(certificate_id))
+        .set((
+            certificates::leaf_pem.eq(Some(leaf_pem)),
+            certificates::chain_pem.eq(Some(chain_pem)),
+            certificates::expires_at.eq(Some(expires_at)),
+            certificates::issued_at.eq(Some(now())),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Makes a certificate the instance's current one; with `parameters`, the
+/// instance also takes the domains and parameters of an update.
+pub async fn activate_certificate(
+    conn: &mut Conn,
+    instance_id: &str,
+    certificate_id: &str,
+    update: Option<(&str, &[&str], &str)>,
+) -> Result<(), DbError> {
+    diesel::update(service_instances::table.find(instance_id))
+        .set((
+            service_instances::current_certificate_id.eq(Some(certificate_id)),
+            service_instances::updated_at.eq(now()),
+        ))
+        .execute(conn)
+        .await?;
+    if let Some((domains_json, domains, parameters)) = update {
+        diesel::update(service_instances::table.find(instance_id))
+            .set((
+                service_instances::domains.eq(domains_json),
+                service_instances::parameters.eq(parameters),
+            ))
+            .execute(conn)
+            .await?;
+        claim_domains(conn, instance_id, domains).await?;
+    }
+    Ok(())
+}
+
+/// Forgets every certificate, key, challenge and binding of an instance.
+pub async fn delete_key_material(conn: &mut Conn, instance_id: &str) -> Result<(), DbError> {
+    diesel::update(service_instances::table.find(instance_id))
+        .set(service_instances::current_certificate_id.eq(None::<String>))
+        .execute(conn)
+        .await?;
+    let certs = certificates::table
+        .filter(certificates::instance_id.eq(instance_id))
+        .select(certificates::id);
+    diesel::delete(challenges::table.filter(challenges::certificate_id.eq_any(certs)))
+        .execute(conn)
+        .await?;
+    diesel::delete(bindings::table.filter(bindings::instance_id.eq(instance_id)))
+        .execute(conn)
+        .await?;
+    diesel::delete(certificates::table.filter(certificates::instance_id.eq(instance_id)))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn insert_acme_account(conn: &mut Conn, account: &AcmeAccountRow) -> Result<(), DbError> {
+    diesel::insert_into(acme_accounts::table)
+        .values(account)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

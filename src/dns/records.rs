@@ -1,0 +1,103 @@
+//! Challenge TXT records in the broker's zone, by RFC 2136 with TSIG.
+
+use dns_update::{DnsRecord, DnsRecordType, DnsUpdater, TsigAlgorithm};
+
+use crate::config::{DnsConfig, DnsProvider, TsigAlgorithm as Algorithm};
+use crate::domain::DomainName;
+
+/// Challenge records live briefly; a short TTL keeps resolvers from holding
+/// on to an old value.
+const TXT_TTL: u32 = 60;
+
+#[derive(Debug, thiserror::Error)]
+#[error("DNS update of {name} failed: {message}")]
+pub struct DnsError {
+    pub name: String,
+    pub message: String,
+}
+
+pub struct ChallengeRecords {
+    updater: DnsUpdater,
+    zone: DomainName,
+}
+
+impl ChallengeRecords {
+    pub fn new(config: &DnsConfig) -> Result<ChallengeRecords, DnsError> {
+        let DnsProvider::Rfc2136 {
+            server,
+            key_name,
+            secret,
+            algorithm,
+        } = &config.provider;
+        let algorithm = match algorithm {
+            Algorithm::HmacSha256 => TsigAlgorithm::HmacSha256,
+            Algorithm::HmacSha384 => TsigAlgorithm::HmacSha384,
+            Algorithm::HmacSha512 => TsigAlgorithm::HmacSha512,
+        };
+        // TCP: an update and its answer are never lost to a dropped datagram.
+        let updater = DnsUpdater::new_rfc2136_tsig(
+            format!("tcp://{server}").as_str(),
+            key_name,
+            secret.clone(),
+            algorithm,
+        )
+        .map_err(|e| DnsError {
+            name: key_name.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(ChallengeRecords {
+            updater,
+            zone: config.root_domain.clone(),
+        })
+    }
+
+    fn check_in_zone(&self, name: &str) -> Result<(), DnsError> {
+        // dns-update panics on a name outside the zone; refuse it first.
+        let zone = self.zone.as_str();
+        let name = name.trim_end_matches('.');
+        if name == zone || name.ends_with(&format!(".{zone}")) {
+            Ok(())
+        } else {
+            Err(DnsError {
+                name: name.to_string(),
+                message: format!("it is outside the zone {zone}"),
+            })
+        }
+    }
+
+    /// Adds one value to the TXT set at `name`; other values stay, since an
+    /// apex and its wildcard share one name.
+    pub async fn add_txt(&self, name: &str, value: &str) -> Result<(), DnsError> {
+        self.check_in_zone(name)?;
+        self.updater
+            .add_to_rrset(
+                name,
+                DnsRecordType::TXT,
+                TXT_TTL,
+                vec![DnsRecord::TXT(value.to_string())],
+                self.zone.as_str(),
+            )
+            .await
+            .map_err(|e| DnsError {
+                name: name.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Removes exactly this value; a value already gone is no error.
+    pub async fn remove_txt(&self, name: &str, value: &str) -> Result<(), DnsError> {
+        self.check_in_zone(name)?;
+        self.updater
+            .remove_from_rrset(
+                name,
+                DnsRecordType::TXT,
+                vec![DnsRecord::TXT(value.to_string())],
+                self.zone.as_str(),
+            )
+            .await
+            .map_err(|e| DnsError {
+                name: name.to_string(),
+                message: e.to_string(),
+            })
+    }
+}

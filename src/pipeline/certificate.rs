@@ -1,0 +1,384 @@
+//! The certificate steps every plan shares: account, key and order, TXT
+//! records, DNS wait, challenges, validation, finalize, clean-up, install.
+
+use std::time::Duration;
+
+use futures_util::FutureExt;
+
+use super::{OperationRequest, Step, StepContext, StepError, StepOutcome, StepResult};
+use crate::acme::{AcmeError, OrderState};
+use crate::db::models::{CertificateRow, ChallengeRow, DnsRecordRow, new_id, now};
+use crate::db::queries;
+use crate::domain::{DomainList, DomainName};
+
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+pub const ISSUE_AND_ACTIVATE: &[Step] = &[
+    Step {
+        name: "ensure_acme_account",
+        description: "Registering with the ACME server",
+        run: |ctx| ensure_account(ctx).boxed(),
+        max_attempts: 6,
+    },
+    Step {
+        name: "create_order",
+        description: "Requesting the certificate from the ACME server",
+        run: |ctx| create_order(ctx).boxed(),
+        max_attempts: 6,
+    },
+    Step {
+        name: "write_txt_records",
+        description: "Writing the DNS challenge records",
+        run: |ctx| write_txt_records(ctx).boxed(),
+        max_attempts: 6,
+    },
+    Step {
+        name: "wait_for_dns",
+        description: "Waiting for DNS changes to propagate",
+        run: |ctx| wait_for_dns(ctx).boxed(),
+        max_attempts: 1,
+    },
+    Step {
+        name: "answer_challenges",
+        description: "Asking the ACME server to validate the domains",
+        run: |ctx| answer_challenges(ctx).boxed(),
+        max_attempts: 6,
+    },
+    Step {
+        name: "await_validation",
+        description: "Waiting for the ACME server to validate the domains",
+        run: |ctx| await_validation(ctx).boxed(),
+        max_attempts: 6,
+    },
+    Step {
+        name: "finalize_order",
+        description: "Finalizing the certificate",
+        run: |ctx| finalize_order(ctx).boxed(),
+        max_attempts: 6,
+    },
+    Step {
+        name: "remove_txt_records",
+        description: "Removing the DNS challenge records",
+        run: |ctx| remove_txt_records(ctx).boxed(),
+        max_attempts: 6,
+    },
+    Step {
+        name: "install_certificate",
+        description: "Installing the new certificate",
+        run: |ctx| install_certificate(ctx).boxed(),
+        max_attempts: 6,
+    },
+];
+
+impl From<AcmeError> for StepError {
+    fn from(e: AcmeError) -> Self {
+        if e.is_permanent() {
+            StepError::Fail(e.to_string())
+        } else {
+            StepError::Retry(e.to_string())
+        }
+    }
+}
+
+async fn ensure_account(ctx: StepContext) -> StepResult {
+    ctx.deps.acme.account().await?;
+    Ok(StepOutcome::Done)
+}
+
+/// The certificate this operation orders, once `create_order` made it.
+async fn this_certificate(ctx: &StepContext) -> Result<CertificateRow, StepError> {
+    let op_id = ctx.operation.id.clone();
+    ctx.deps
+        .store
+        .read(move |c| Box::pin(async move { queries::certificate_of_operation(c, &op_id).await }))
+        .await?
+        .ok_or_else(|| StepError::Fail("the certificate order of this operation is missing".into()))
+}
+
+async fn challenges(
+    ctx: &StepContext,
+    certificate_id: &str,
+) -> Result<Vec<ChallengeRow>, StepError> {
+    let id = certificate_id.to_string();
+    Ok(ctx
+        .deps
+        .store
+        .read(move |c| Box::pin(async move { queries::challenges_of(c, &id).await }))
+        .await?)
+}
+
+/// A new key and order. A crash before the row is written makes a second
+/// order on resume; the first simply expires at the CA.
+async fn create_order(ctx: StepContext) -> StepResult {
+    let op_id = ctx.operation.id.clone();
+    let existing = ctx
+        .deps
+        .store
+        .read(move |c| Box::pin(async move { queries::certificate_of_operation(c, &op_id).await }))
+        .await?;
+    if existing.is_some() {
+        return Ok(StepOutcome::Done);
+    }
+    let request = OperationRequest::parse(&ctx.operation);
+    let domains = DomainList::new(
+        request
+            .domains
+            .iter()
+            .filter_map(|d| DomainName::parse(d).ok())
+            .collect(),
+    );
+    if domains.is_empty() {
+        return Err(StepError::Fail("the operation names no domains".into()));
+    }
+    let key_pem = crate::acme::new_private_key_pem();
+    let order = ctx.deps.acme.new_order(&domains).await?;
+    let certificate = CertificateRow {
+        id: new_id(),
+        instance_id: ctx.instance.id.clone(),
+        operation_id: ctx.operation.id.clone(),
+        domains: domains.to_json(),
+        private_key_encrypted: Some(ctx.deps.cipher.encrypt(key_pem.as_bytes())),
+        order_url: Some(order.url.clone()),
+        leaf_pem: None,
+        chain_pem: None,
+        expires_at: None,
+        created_at: now(),
+        issued_at: None,
+    };
+    let root = &ctx.deps.config.dns.root_domain;
+    let rows: Vec<ChallengeRow> = order
+        .challenges
+        .iter()
+        .map(|ch| ChallengeRow {
+            id: new_id(),
+            certificate_id: certificate.id.clone(),
+            domain: ch.domain.to_string(),
+            authorization_url: ch.authorization_url.clone(),
+            challenge_url: ch.challenge_url.clone(),
+            txt_name: ch.domain.delegated_challenge_name(root),
+            txt_value: ch.txt_value.clone(),
+            answered_at: None,
+            created_at: now(),
+        })
+        .collect();
+    tracing::info!(order = %order.url, domains = ?domains.names(), challenges = rows.len(), "order created");
+    ctx.deps
+        .store
+        .write("insert_certificate", move |c| {
+            Box::pin(async move { queries::insert_certificate(c, &certificate, &rows).await })
+        })
+        .await?;
+    Ok(StepOutcome::Done)
+}
+
+/// Each TXT record is listed in `dns_records` before it is written, so that
+/// clean-up finds it whatever happens between the two.
+async fn write_txt_records(ctx: StepContext) -> StepResult {
+    let cert = this_certificate(&ctx).await?;
+    let instance_id = ctx.instance.id.clone();
+    let listed = {
+        let id = instance_id.clone();
+        ctx.deps
+            .store
+            .read(move |c| Box::pin(async move { queries::dns_records_of(c, &id).await }))
+            .await?
+    };
+    for ch in challenges(&ctx, &cert.id).await? {
+        let known = listed
+            .iter()
+            .any(|r| r.name == ch.txt_name && r.value == ch.txt_value && r.record_type == "TXT");
+        if !known {
+            let record = DnsRecordRow {
+                id: new_id(),
+                instance_id: instance_id.clone(),
+                name: ch.txt_name.clone(),
+                record_type: "TXT".into(),
+                value: ch.txt_value.clone(),
+                created_at: now(),
+            };
+            ctx.deps
+                .store
+                .write("insert_dns_record", move |c| {
+                    Box::pin(async move { queries::insert_dns_record(c, &record).await })
+                })
+                .await?;
+        }
+        ctx.deps
+            .dns
+            .add_txt(&ch.txt_name, &ch.txt_value)
+            .await
+            .map_err(|e| StepError::Retry(e.to_string()))?;
+    }
+    Ok(StepOutcome::Done)
+}
+
+async fn wait_for_dns(ctx: StepContext) -> StepResult {
+    Ok(StepOutcome::DoneNotBefore(
+        ctx.deps.config.dns.propagation_sleep,
+    ))
+}
+
+async fn answer_challenges(ctx: StepContext) -> StepResult {
+    let cert = this_certificate(&ctx).await?;
+    for ch in challenges(&ctx, &cert.id).await? {
+        if ch.answered_at.is_some() {
+            continue;
+        }
+        ctx.deps
+            .acme
+            .answer(
+                cert.order_url.as_deref().unwrap_or_default(),
+                &ch.challenge_url,
+            )
+            .await?;
+        let id = ch.id.clone();
+        ctx.deps
+            .store
+            .write("mark_challenge_answered", move |c| {
+                Box::pin(async move { queries::mark_challenge_answered(c, &id).await })
+            })
+            .await?;
+    }
+    Ok(StepOutcome::Done)
+}
+
+async fn await_validation(ctx: StepContext) -> StepResult {
+    let cert = this_certificate(&ctx).await?;
+    let order_url = cert.order_url.clone().unwrap_or_default();
+    match ctx.deps.acme.order_state(&order_url).await? {
+        OrderState::Ready | OrderState::Processing | OrderState::Valid => Ok(StepOutcome::Done),
+        OrderState::Invalid(reason) => Err(StepError::Fail(reason)),
+        OrderState::Pending => {
+            let answered = challenges(&ctx, &cert.id)
+                .await?
+                .iter()
+                .filter_map(|c| c.answered_at)
+                .max();
+            let waited = answered
+                .and_then(|at| (now() - at).to_std().ok())
+                .unwrap_or_default();
+            if waited > ctx.deps.config.acme.poll_timeout {
+                return Err(StepError::Fail(format!(
+                    "the ACME server did not validate the domains within {} seconds; check \
+                     that each _acme-challenge CNAME points into {}",
+                    ctx.deps.config.acme.poll_timeout.as_secs(),
+                    ctx.deps.config.dns.root_domain
+                )));
+            }
+            Ok(StepOutcome::Poll(POLL_INTERVAL))
+        }
+    }
+}
+
+async fn finalize_order(ctx: StepContext) -> StepResult {
+    let cert = this_certificate(&ctx).await?;
+    if cert.leaf_pem.is_some() {
+        return Ok(StepOutcome::Done);
+    }
+    let order_url = cert.order_url.clone().unwrap_or_default();
+    let key = cert
+        .private_key_encrypted
+        .as_deref()
+        .map(|k| ctx.deps.cipher.decrypt(k))
+        .transpose()
+        .map_err(|e| StepError::Fail(e.to_string()))?
+        .ok_or_else(|| StepError::Fail("the certificate's private key is missing".into()))?;
+    let key_pem = String::from_utf8(key).map_err(|e| StepError::Fail(e.to_string()))?;
+    let domains = DomainList::from_stored(&cert.domains)
+        .ok_or_else(|| StepError::Fail("stored domains are unreadable".into()))?;
+    let Some(chain) = ctx
+        .deps
+        .acme
+        .finalize(&order_url, &key_pem, &domains)
+        .await?
+    else {
+        return Ok(StepOutcome::Poll(POLL_INTERVAL));
+    };
+    let issued = crate::acme::parse_chain(&chain).map_err(|e| StepError::Fail(e.to_string()))?;
+    tracing::info!(expires_at = %issued.expires_at, "certificate issued");
+    let id = cert.id.clone();
+    ctx.deps
+        .store
+        .write("store_issued", move |c| {
+            Box::pin(async move {
+                queries::store_issued(
+                    c,
+                    &id,
+                    &issued.leaf_pem,
+                    &issued.chain_pem,
+                    issued.expires_at,
+                )
+                .await
+            })
+        })
+        .await?;
+    Ok(StepOutcome::Done)
+}
+
+/// Removes DNS records, then forgets them; a record already gone is fine.
+pub async fn remove_records(
+    ctx: &StepContext,
+    records: Vec<DnsRecordRow>,
+) -> Result<(), StepError> {
+    for record in records {
+        ctx.deps
+            .dns
+            .remove_txt(&record.name, &record.value)
+            .await
+            .map_err(|e| StepError::Retry(e.to_string()))?;
+        ctx.deps
+            .store
+            .write("delete_dns_record", move |c| {
+                Box::pin(async move { queries::delete_dns_record(c, &record.id).await })
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+async fn remove_txt_records(ctx: StepContext) -> StepResult {
+    let cert = this_certificate(&ctx).await?;
+    let names: Vec<(String, String)> = challenges(&ctx, &cert.id)
+        .await?
+        .into_iter()
+        .map(|ch| (ch.txt_name, ch.txt_value))
+        .collect();
+    let id = ctx.instance.id.clone();
+    let records: Vec<DnsRecordRow> = ctx
+        .deps
+        .store
+        .read(move |c| Box::pin(async move { queries::dns_records_of(c, &id).await }))
+        .await?
+        .into_iter()
+        .filter(|r| names.iter().any(|(n, v)| *n == r.name && *v == r.value))
+        .collect();
+    remove_records(&ctx, records).await?;
+    Ok(StepOutcome::Done)
+}
+
+async fn install_certificate(ctx: StepContext) -> StepResult {
+    let cert = this_certificate(&ctx).await?;
+    let request = OperationRequest::parse(&ctx.operation);
+    let instance_id = ctx.instance.id.clone();
+    let update = request
+        .parameters
+        .as_ref()
+        .map(|p| (cert.domains.clone(), request.domains.clone(), p.to_string()));
+    ctx.deps
+        .store
+        .write("activate_certificate", move |c| {
+            Box::pin(async move {
+                let names: Vec<&str>;
+                let update = match &update {
+                    Some((json, domains, params)) => {
+                        names = domains.iter().map(String::as_str).collect();
+                        Some((json.as_str(), names.as_slice(), params.as_str()))
+                    }
+                    None => None,
+                };
+                queries::activate_certificate(c, &instance_id, &cert.id, update).await
+            })
+        })
+        .await?;
+    Ok(StepOutcome::Done)
+}

@@ -1,0 +1,45 @@
+//! Deprovision: remove, in reverse, everything the broker made for an
+//! instance, tolerating what is already gone. Works on half-built instances.
+
+use futures_util::FutureExt;
+
+use super::{Step, StepContext, StepOutcome, StepResult};
+use crate::db::queries;
+
+pub const DEPROVISION: &[Step] = &[
+    Step {
+        name: "remove_dns_records",
+        description: "Removing the DNS records the broker wrote",
+        run: |ctx| remove_dns_records(ctx).boxed(),
+        max_attempts: 8,
+    },
+    Step {
+        name: "delete_key_material",
+        description: "Deleting certificates and private keys",
+        run: |ctx| delete_key_material(ctx).boxed(),
+        max_attempts: 8,
+    },
+];
+
+/// Removes every record listed in `dns_records` for the instance.
+pub async fn remove_dns_records(ctx: StepContext) -> StepResult {
+    let id = ctx.instance.id.clone();
+    let records = ctx
+        .deps
+        .store
+        .read(move |c| Box::pin(async move { queries::dns_records_of(c, &id).await }))
+        .await?;
+    super::certificate::remove_records(&ctx, records).await?;
+    Ok(StepOutcome::Done)
+}
+
+async fn delete_key_material(ctx: StepContext) -> StepResult {
+    let id = ctx.instance.id.clone();
+    ctx.deps
+        .store
+        .write("delete_key_material", move |c| {
+            Box::pin(async move { queries::delete_key_material(c, &id).await })
+        })
+        .await?;
+    Ok(StepOutcome::Done)
+}

@@ -1,0 +1,280 @@
+//! Pipelines are data: for each (plan, action) an ordered table of named,
+//! idempotent steps. The operation row records the next step, attempts, the
+//! next attempt time and the last error, so a restart resumes exactly there.
+
+mod certificate;
+mod cleanup;
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::db::models::{InstanceRow, OperationRow, instance_state, now, operation_state};
+use crate::db::{DbError, queries};
+use crate::deps::Deps;
+use crate::domain::{Action, Plan};
+
+/// What a step needs: the broker's parts and the rows it works on.
+#[derive(Clone)]
+pub struct StepContext {
+    pub deps: Deps,
+    pub instance: InstanceRow,
+    pub operation: OperationRow,
+}
+
+pub enum StepOutcome {
+    /// Go on to the next step now.
+    Done,
+    /// Go on to the next step, but not before this long.
+    DoneNotBefore(Duration),
+    /// Run this same step again after this long (polling; not a failure).
+    Poll(Duration),
+}
+
+#[derive(Debug)]
+pub enum StepError {
+    /// Worth another attempt after a back-off.
+    Retry(String),
+    /// The operation cannot succeed; the sentence tells the user why.
+    Fail(String),
+}
+
+impl From<DbError> for StepError {
+    fn from(e: DbError) -> Self {
+        StepError::Retry(e.to_string())
+    }
+}
+
+pub type StepResult = Result<StepOutcome, StepError>;
+pub type StepFn = fn(StepContext) -> BoxFuture<'static, StepResult>;
+
+pub struct Step {
+    pub name: &'static str,
+    /// What `last_operation` shows while this step runs.
+    pub description: &'static str,
+    pub run: StepFn,
+    pub max_attempts: i32,
+}
+
+/// The request an operation was started with, stored in `operations.request`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct OperationRequest {
+    /// The domains this operation orders a certificate for.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// For an update: the parameters the instance will have afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<serde_json::Value>,
+}
+
+impl OperationRequest {
+    pub fn parse(op: &OperationRow) -> OperationRequest {
+        serde_json::from_str(&op.request).unwrap_or_default()
+    }
+}
+
+pub fn steps(plan: Plan, action: Action) -> &'static [Step] {
+    match (plan, action) {
+        (Plan::Certificate, Action::Provision | Action::Update | Action::Renew) => {
+            certificate::ISSUE_AND_ACTIVATE
+        }
+        (_, Action::Deprovision) => cleanup::DEPROVISION,
+        // The edge plans are refused at provision until their issue lands, so
+        // no operation of theirs other than a deprovision can exist.
+        (Plan::Domain | Plan::DomainWithCdn, _) => &[],
+    }
+}
+
+pub fn first_description(plan: Plan, action: Action) -> &'static str {
+    steps(plan, action)
+        .first()
+        .map_or("Finishing", |s| s.description)
+}
+
+const RETRY_BASE: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+fn backoff(attempts: i32) -> Duration {
+    let factor = 2u32.saturating_pow(attempts.clamp(0, 16) as u32);
+    (RETRY_BASE * factor).min(RETRY_MAX)
+}
+
+fn plan_of(instance: &InstanceRow) -> Plan {
+    crate::catalog::plan_by_id(&instance.plan_id)
+        .map(|p| p.plan)
+        .unwrap_or(Plan::Certificate)
+}
+
+/// Waits for the operation's next attempt time, runs its next step once,
+/// records the result, and returns the rows as they now stand.
+pub async fn advance(
+    deps: Deps,
+    instance: InstanceRow,
+    op: OperationRow,
+) -> Result<(InstanceRow, OperationRow), DbError> {
+    let action = Action::parse(&op.kind).unwrap_or(Action::Provision);
+    let plan = plan_of(&instance);
+    let table = steps(plan, action);
+    let wait = (op.next_attempt_at - now()).to_std().unwrap_or_default();
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    let index = op.next_step.max(0) as usize;
+    let op_id = op.id.clone();
+    if let Some(step) = table.get(index) {
+        let span = tracing::info_span!("step", instance_id = %instance.id, operation_id = %op.id, step = step.name);
+        let _guard = span.enter();
+        drop(_guard);
+        let ctx = StepContext {
+            deps: deps.clone(),
+            instance: instance.clone(),
+            operation: op.clone(),
+        };
+        let result = tracing::Instrument::instrument((step.run)(ctx), span.clone()).await;
+        let (next_step, attempts, delay, description, error, failed) = match result {
+            Ok(StepOutcome::Done) => (index + 1, 0, Duration::ZERO, None, None, None),
+            Ok(StepOutcome::DoneNotBefore(d)) => (index + 1, 0, d, None, None, None),
+            Ok(StepOutcome::Poll(d)) => (index, op.attempts, d, Some(step.description), None, None),
+            Err(StepError::Retry(msg)) if op.attempts + 1 < step.max_attempts => {
+                tracing::warn!(parent: &span, error = %msg, attempt = op.attempts + 1, "step failed; will retry");
+                let delay = backoff(op.attempts);
+                (
+                    index,
+                    op.attempts + 1,
+                    delay,
+                    Some(step.description),
+                    Some(msg),
+                    None,
+                )
+            }
+            Err(StepError::Retry(msg)) | Err(StepError::Fail(msg)) => {
+                tracing::warn!(parent: &span, error = %msg, "step failed; operation fails");
+                (
+                    index,
+                    op.attempts + 1,
+                    Duration::ZERO,
+                    None,
+                    Some(msg.clone()),
+                    Some(msg),
+                )
+            }
+        };
+        match failed {
+            Some(reason) => finish(&deps, &instance, &op, action, Err(reason)).await?,
+            None => {
+                let description = description
+                    .or_else(|| table.get(next_step).map(|s| s.description))
+                    .unwrap_or("Finishing")
+                    .to_string();
+                let at = now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                let id = op_id.clone();
+                deps.store
+                    .write("record_progress", move |c| {
+                        Box::pin(async move {
+                            queries::record_progress(
+                                c,
+                                &id,
+                                next_step as i32,
+                                attempts,
+                                at,
+                                &description,
+                                error.as_deref(),
+                            )
+                            .await
+                        })
+                    })
+                    .await?;
+            }
+        }
+    } else {
+        finish(&deps, &instance, &op, action, Ok(())).await?;
+    }
+    reload(&deps, &instance.id, &op_id).await
+}
+
+async fn reload(
+    deps: &Deps,
+    instance_id: &str,
+    op_id: &str,
+) -> Result<(InstanceRow, OperationRow), DbError> {
+    let (instance_id, op_id) = (instance_id.to_string(), op_id.to_string());
+    deps.store
+        .read(move |c| {
+            Box::pin(async move {
+                let instance = queries::instance(c, &instance_id).await?;
+                let op = queries::operation(c, &op_id).await?;
+                match (instance, op) {
+                    (Some(i), Some(o)) => Ok((i, o)),
+                    _ => Err(DbError::Corrupt(format!(
+                        "instance {instance_id} or operation {op_id} vanished"
+                    ))),
+                }
+            })
+        })
+        .await
+}
+
+/// Ends an operation and moves the instance to where that leaves it.
+async fn finish(
+    deps: &Deps,
+    instance: &InstanceRow,
+    op: &OperationRow,
+    action: Action,
+    outcome: Result<(), String>,
+) -> Result<(), DbError> {
+    let (op_state, description) = match &outcome {
+        Ok(()) => (operation_state::SUCCEEDED, success_description(action)),
+        Err(reason) => (operation_state::FAILED, failure_description(action, reason)),
+    };
+    let (from, to) = match (action, outcome.is_ok()) {
+        (Action::Provision, true) => (instance_state::PROVISIONING, instance_state::PROVISIONED),
+        (Action::Provision, false) => (instance_state::PROVISIONING, instance_state::FAILED),
+        (Action::Deprovision, true) => (
+            instance_state::DEPROVISIONING,
+            instance_state::DEPROVISIONED,
+        ),
+        (Action::Deprovision, false) => (
+            instance_state::DEPROVISIONING,
+            instance_state::DEPROVISIONING,
+        ),
+        (Action::Update | Action::Renew, _) => {
+            (instance_state::PROVISIONED, instance_state::PROVISIONED)
+        }
+    };
+    tracing::info!(instance_id = %instance.id, operation_id = %op.id, state = op_state, %description, "operation finished");
+    let (instance_id, op_id) = (instance.id.clone(), op.id.clone());
+    let release = action == Action::Deprovision && outcome.is_ok();
+    deps.store
+        .write("finish_operation", move |c| {
+            Box::pin(async move {
+                queries::finish_operation(c, &op_id, op_state, &description).await?;
+                queries::move_instance_state(c, &instance_id, from, to).await?;
+                if release {
+                    queries::release_domains(c, &instance_id).await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+}
+
+fn success_description(action: Action) -> String {
+    match action {
+        Action::Provision => "The certificate has been issued and is ready.",
+        Action::Update => "The instance has been updated.",
+        Action::Renew => "The certificate has been renewed.",
+        Action::Deprovision => "The instance and everything the broker made for it are deleted.",
+    }
+    .to_string()
+}
+
+fn failure_description(action: Action, reason: &str) -> String {
+    let what = match action {
+        Action::Provision => "Provisioning failed",
+        Action::Update => "The update failed; the instance keeps its previous certificate",
+        Action::Renew => "Renewal failed; the current certificate stays in place",
+        Action::Deprovision => "Deprovisioning failed; delete the instance again to retry",
+    };
+    format!("{what}: {reason}")
+}

@@ -1,0 +1,102 @@
+//! Wires the parts together and starts the HTTP server.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix::Actor;
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use tracing_actix_web::TracingLogger;
+
+use crate::acme::AcmeClient;
+use crate::actors::{Store, Supervisor};
+use crate::config::Config;
+use crate::crypto::Cipher;
+use crate::deps::Deps;
+use crate::dns::{ChallengeRecords, CnameChecker};
+use crate::osb::{self, AppState};
+use crate::{catalog, db};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("the catalog is invalid: {0}")]
+    Catalog(String),
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("ACME client: {0}")]
+    Acme(String),
+    #[error("DNS: {0}")]
+    Dns(String),
+}
+
+pub struct Application {
+    pub port: u16,
+    pub deps: Deps,
+    server: Server,
+}
+
+impl Application {
+    /// Applies pending migrations, starts the actors, and binds the listener.
+    /// Must run inside an actix system.
+    pub async fn build(config: Config) -> Result<Application, StartupError> {
+        catalog::validate(&catalog::catalog_json(17)).map_err(StartupError::Catalog)?;
+        let applied = db::migrate(&config.database_url).await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "applied database migrations");
+        }
+        let pool_size = if config.database_url.is_sqlite() {
+            8
+        } else {
+            16
+        };
+        let store = Store::start(db::pool(&config.database_url, pool_size).await?);
+        let cipher = Cipher::new(&config.encryption_key);
+        let acme = AcmeClient::new(&config.acme, store.clone(), cipher.clone())
+            .map_err(|e| StartupError::Acme(e.to_string()))?;
+        let dns =
+            ChallengeRecords::new(&config.dns).map_err(|e| StartupError::Dns(e.to_string()))?;
+        let cname = CnameChecker::new(&config.dns);
+        let listen_err = |source| StartupError::Listen {
+            addr: config.addr.clone(),
+            source,
+        };
+        let listener = TcpListener::bind(&config.addr).map_err(listen_err)?;
+        let port = listener.local_addr().map_err(listen_err)?.port();
+        let deps = Deps {
+            config: Arc::new(config.clone()),
+            store,
+            cipher,
+            acme: Arc::new(acme),
+            dns: Arc::new(dns),
+            cname: Arc::new(cname),
+        };
+        let supervisor = Supervisor::new(deps.clone()).start();
+        let state = web::Data::new(AppState {
+            username: config.username.clone(),
+            password: config.password.clone(),
+            deps: deps.clone(),
+            supervisor,
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(TracingLogger::default())
+                .app_data(state.clone())
+                .app_data(web::PayloadConfig::new(256 * 1024))
+                .configure(osb::routes)
+        })
+        .listen(listener)
+        .map_err(listen_err)?
+        .run();
+        tracing::info!(addr = %config.addr, port, "broker listening");
+        Ok(Application { port, deps, server })
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
