@@ -134,7 +134,10 @@ pub async fn advance(
         let result = tracing::Instrument::instrument((step.run)(ctx), span.clone()).await;
         let (next_step, attempts, delay, description, error, failed) = match result {
             Ok(StepOutcome::Done) => (index + 1, 0, Duration::ZERO, None, None, None),
-            Ok(StepOutcome::DoneNotBefore(d)) => (index + 1, 0, d, None, None, None),
+            // The wait is this step's doing: keep saying so until it is over.
+            Ok(StepOutcome::DoneNotBefore(d)) => {
+                (index + 1, 0, d, Some(step.description), None, None)
+            }
             Ok(StepOutcome::Poll(d)) => (index, op.attempts, d, Some(step.description), None, None),
             Err(StepError::Retry(msg)) if op.attempts + 1 < step.max_attempts => {
                 tracing::warn!(parent: &span, error = %msg, attempt = op.attempts + 1, "step failed; will retry");

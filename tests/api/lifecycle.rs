@@ -1,0 +1,190 @@
+//! The certificate plan end to end: provision, bind, verify what was handed
+//! out, unbind, deprovision, and nothing left behind.
+
+use std::process::Command;
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::both_backends;
+use crate::helpers::*;
+
+/// Pebble's root for this run (it makes a new one each start).
+fn pebble_root() -> String {
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            "--cacert",
+            &env("ACME_ROOT_CERT"),
+            &format!("{}/roots/0", env("PEBBLE_MGMT_URL")),
+        ])
+        .output()
+        .expect("curl runs");
+    assert!(out.status.success(), "cannot fetch Pebble's root");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Checks what a binding hands out: the key matches the certificate, the
+/// SANs are the domains, and the chain verifies to Pebble's root.
+fn verify_credentials(credentials: &Value, domains: &[&str]) {
+    let chain = credentials["certificate"].as_str().unwrap();
+    let key_pem = credentials["private_key"].as_str().unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(chain.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let key = rcgen::KeyPair::from_pem(key_pem).unwrap();
+    assert_eq!(
+        cert.public_key().subject_public_key.data.as_ref(),
+        key.public_key_raw(),
+        "the private key does not match the certificate"
+    );
+    let mut sans: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect();
+    sans.sort();
+    let mut expected: Vec<String> = domains.iter().map(|d| d.to_string()).collect();
+    expected.sort();
+    assert_eq!(sans, expected);
+    let dir = tempfile::tempdir().unwrap();
+    let end = chain.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
+    std::fs::write(dir.path().join("leaf.pem"), &chain[..end]).unwrap();
+    std::fs::write(dir.path().join("chain.pem"), &chain[end..]).unwrap();
+    std::fs::write(dir.path().join("root.pem"), pebble_root()).unwrap();
+    let out = Command::new("openssl")
+        .current_dir(dir.path())
+        .args([
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "chain.pem",
+            "leaf.pem",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chain does not verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn certificate_lifecycle(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (a, b) = (delegated_domain().await, delegated_domain().await);
+    let id = format!("inst-{}", random_label());
+    let res = app
+        .provision(&id, &provision_body(&format!("{a}, {b}")))
+        .await;
+    assert_eq!(res.status(), 202);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["operation"].is_string());
+    let done = app.wait_done(&id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+
+    let res = app.bind(&id, "bind-1", &bind_body()).await;
+    assert_eq!(res.status(), 201);
+    let bound: Value = res.json().await.unwrap();
+    verify_credentials(&bound["credentials"], &[&a, &b]);
+    assert_eq!(bound["credentials"]["domains"], serde_json::json!([a, b]));
+    assert!(bound["metadata"]["expires_at"].is_string());
+    assert!(bound["metadata"]["renew_before"].is_string());
+    // The challenge records were removed once the order was valid.
+    assert!(txt_values(&challenge_txt_name(&a)).is_empty());
+    assert_eq!(app.count("dns_records").await, 0);
+
+    let unbind = format!(
+        "/v2/service_instances/{id}/service_bindings/bind-1?service_id={SERVICE_ID}&plan_id={CERT_PLAN}"
+    );
+    let res = app.request(Method::DELETE, &unbind).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "{}");
+
+    assert_eq!(app.deprovision(&id).await.status(), 202);
+    let done = app.wait_done(&id).await;
+    assert_eq!(done["state"], "succeeded");
+    assert!(txt_values(&challenge_txt_name(&a)).is_empty());
+    assert!(txt_values(&challenge_txt_name(&b)).is_empty());
+    for table in [
+        "certificates",
+        "challenges",
+        "dns_records",
+        "bindings",
+        "instance_domains",
+    ] {
+        assert_eq!(app.count(table).await, 0, "{table} still has rows");
+    }
+    assert_eq!(app.deprovision(&id).await.status(), 410);
+    // The tombstone still answers.
+    let (status, body) = app.last_operation(&id).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("succeeded")));
+    assert_eq!(app.count("acme_accounts").await, 1);
+}
+
+async fn wildcard_and_apex_share_one_challenge_name(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let apex = delegated_domain().await;
+    let wildcard = format!("*.{apex}");
+    let id = format!("wild-{}", random_label());
+    let res = app
+        .provision(&id, &provision_body(&format!("{apex},{wildcard}")))
+        .await;
+    assert_eq!(res.status(), 202);
+    assert_eq!(app.wait_done(&id).await["state"], "succeeded");
+    let res = app.bind(&id, "b", &bind_body()).await;
+    assert_eq!(res.status(), 201);
+    let bound: Value = res.json().await.unwrap();
+    verify_credentials(&bound["credentials"], &[&apex, &wildcard]);
+    assert!(txt_values(&challenge_txt_name(&apex)).is_empty());
+}
+
+async fn update_changes_domains_and_certificate(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (a, b) = (delegated_domain().await, delegated_domain().await);
+    let id = format!("upd-{}", random_label());
+    app.provision(&id, &provision_body(&a)).await;
+    assert_eq!(app.wait_done(&id).await["state"], "succeeded");
+    let path = format!("/v2/service_instances/{id}?accepts_incomplete=true");
+    let res = app
+        .request(Method::PATCH, &path)
+        .json(
+            &serde_json::json!({"service_id": SERVICE_ID, "parameters": {"domains": [b.clone()]}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    assert_eq!(app.wait_done(&id).await["state"], "succeeded");
+    let res = app.bind(&id, "after-update", &bind_body()).await;
+    let bound: Value = res.json().await.unwrap();
+    verify_credentials(&bound["credentials"], &[&b]);
+    let fetched: Value = app
+        .request(Method::GET, &format!("/v2/service_instances/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fetched["parameters"]["domains"], serde_json::json!([b]));
+    // The old domain is free again for another instance.
+    let other = format!("other-{}", random_label());
+    assert_eq!(
+        app.provision(&other, &provision_body(&a)).await.status(),
+        202
+    );
+}
+
+both_backends!(
+    certificate_lifecycle,
+    wildcard_and_apex_share_one_challenge_name,
+    update_changes_domains_and_certificate
+);
