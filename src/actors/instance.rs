@@ -23,7 +23,10 @@ macro_rules! atomic_handler {
             type Result = AtomicResponse<Self, Result<$out, BrokerError>>;
 
             fn handle(&mut self, msg: $msg, ctx: &mut Context<Self>) -> Self::Result {
-                AtomicResponse::new(self.$method(msg, ctx))
+                AtomicResponse::new(Box::pin(self.$method(msg, ctx).map(|reply, act, ctx| {
+                    act.stop_if_idle(ctx);
+                    reply
+                })))
             }
         }
     };
@@ -83,6 +86,7 @@ impl InstanceActor {
                         act.instance = Some(instance);
                         act.operation = Some(op);
                         act.drive(ctx);
+                        act.stop_if_idle(ctx);
                     }
                     Err(e) => {
                         tracing::error!(instance_id = %act.id, error = %e, "recording progress failed; retrying");
@@ -94,6 +98,14 @@ impl InstanceActor {
             },
         ));
         self.running = Some(handle);
+    }
+
+    /// An actor with no live instance and nothing running holds nothing worth
+    /// memory; the Supervisor starts it again if it is ever asked for.
+    fn stop_if_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.running.is_none() && self.live_instance().is_none() {
+            ctx.stop();
+        }
     }
 
     /// Stops the running step, e.g. when a deprovision overtakes a provision.

@@ -48,6 +48,10 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // Actors of deleted or unknown instances stop themselves; forget them.
+        ctx.run_interval(std::time::Duration::from_secs(60), |act, _| {
+            act.instances.retain(|_, addr| addr.connected());
+        });
         // Resume every instance whose operation had not finished.
         let store = self.deps.store.clone();
         ctx.wait(

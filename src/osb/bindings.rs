@@ -101,6 +101,21 @@ pub async fn bind(
             .to_string(),
         ));
     }
+    let live = state
+        .deps
+        .store
+        .read({
+            let id = instance_id.clone();
+            move |c| Box::pin(async move { queries::instance(c, &id).await })
+        })
+        .await?
+        .is_some_and(|i| i.state != instance_state::DEPROVISIONED);
+    if !live {
+        return Err(OsbError::new(
+            StatusCode::NOT_FOUND,
+            "No such service instance.",
+        ));
+    }
     let bind = Bind {
         binding_id,
         service_id: service_id.to_string(),

@@ -153,3 +153,38 @@ async fn killed_mid_provision_resumes(backend: Backend) {
 }
 
 both_backends!(killed_mid_provision_resumes);
+
+/// The CLI: `catalog` prints the catalog, `migrate` applies migrations, and
+/// `serve` with a missing setting stops and names it.
+#[test]
+fn command_line() {
+    let bin = env!("CARGO_BIN_EXE_domain-broker");
+    let out = Command::new(bin).arg("catalog").output().unwrap();
+    assert!(out.status.success());
+    let catalog: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(catalog["services"][0]["name"], "external-domain");
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/nested/broker.sqlite", dir.path().display());
+    let out = Command::new(bin)
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("nested/broker.sqlite").exists());
+
+    let out = Command::new(bin)
+        .arg("serve")
+        .env_clear()
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("DATABASE_ENCRYPTION_KEY"), "{stderr}");
+}

@@ -188,3 +188,118 @@ both_backends!(
     wildcard_and_apex_share_one_challenge_name,
     update_changes_domains_and_certificate
 );
+
+/// Orphan mitigation: a DELETE in the middle of a provision cancels it and
+/// removes what it had made.
+async fn deprovision_overtakes_a_provision(backend: Backend) {
+    let app = spawn_app_with(backend, &[("DNS_PROPAGATION_SLEEP_TIME", "5")]).await;
+    let domain = delegated_domain().await;
+    let id = format!("orphan-{}", random_label());
+    assert_eq!(
+        app.provision(&id, &provision_body(&domain)).await.status(),
+        202
+    );
+    let txt = challenge_txt_name(&domain);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while txt_values(&txt).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the TXT record never appeared"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.deprovision(&id).await.status(), 202);
+    let done = app.wait_done(&id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(
+        txt_values(&txt).is_empty(),
+        "the challenge record was left behind"
+    );
+    for table in [
+        "certificates",
+        "challenges",
+        "dns_records",
+        "instance_domains",
+    ] {
+        assert_eq!(app.count(table).await, 0, "{table} still has rows");
+    }
+}
+
+/// Keys and account credentials are stored encrypted, never as PEM or JSON.
+async fn secrets_are_encrypted_at_rest(backend: Backend) {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use domain_broker::db::schema::{acme_accounts, certificates};
+    let app = spawn_app(backend).await;
+    let domain = delegated_domain().await;
+    let id = format!("enc-{}", random_label());
+    app.provision(&id, &provision_body(&domain)).await;
+    assert_eq!(app.wait_done(&id).await["state"], "succeeded");
+    let mut conn = app.pool.get().await.unwrap();
+    let keys: Vec<Option<Vec<u8>>> = certificates::table
+        .select(certificates::private_key_encrypted)
+        .load(&mut *conn)
+        .await
+        .unwrap();
+    let accounts: Vec<Vec<u8>> = acme_accounts::table
+        .select(acme_accounts::credentials_encrypted)
+        .load(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!((keys.len(), accounts.len()), (1, 1));
+    for blob in keys.into_iter().flatten().chain(accounts) {
+        let text = String::from_utf8_lossy(&blob);
+        assert!(
+            !text.contains("PRIVATE KEY") && !text.contains("key_pkcs8"),
+            "plaintext secret stored"
+        );
+    }
+}
+
+/// While an update runs, the instance answers 422 ConcurrencyError to
+/// fetches, other updates and deletes.
+async fn busy_instance_answers_concurrency_error(backend: Backend) {
+    let app = spawn_app_with(backend, &[("DNS_PROPAGATION_SLEEP_TIME", "2")]).await;
+    let (a, b) = (delegated_domain().await, delegated_domain().await);
+    let id = format!("busy-{}", random_label());
+    let path = format!("/v2/service_instances/{id}");
+    app.provision(&id, &provision_body(&a)).await;
+    assert_eq!(app.wait_done(&id).await["state"], "succeeded");
+    let patch = |domains: &str| {
+        app.request(Method::PATCH, &format!("{path}?accepts_incomplete=true"))
+            .json(
+                &serde_json::json!({"service_id": SERVICE_ID, "parameters": {"domains": domains}}),
+            )
+            .send()
+    };
+    assert_eq!(patch(&b).await.unwrap().status(), 202);
+    let res = app.request(Method::GET, &path).send().await.unwrap();
+    assert_eq!(res.status(), 422);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "ConcurrencyError"
+    );
+    let res = patch(&a).await.unwrap();
+    assert_eq!(res.status(), 422);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "ConcurrencyError"
+    );
+    let res = app.deprovision(&id).await;
+    assert_eq!(res.status(), 422);
+    assert_eq!(app.wait_done(&id).await["state"], "succeeded");
+    assert_eq!(
+        app.request(Method::GET, &path)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+both_backends!(
+    deprovision_overtakes_a_provision,
+    secrets_are_encrypted_at_rest,
+    busy_instance_answers_concurrency_error
+);
