@@ -25,6 +25,7 @@ use crate::db::{DbError, queries};
 use crate::domain::{DomainList, DomainName};
 
 const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
+const ACCOUNT_UNKNOWN: &str = "urn:ietf:params:acme:error:accountDoesNotExist";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
@@ -32,6 +33,8 @@ pub enum AcmeError {
     Refused(String),
     #[error("the ACME server is rate limiting us: {0}")]
     RateLimited(String),
+    #[error("the ACME server no longer knows our account; registering again: {0}")]
+    AccountUnknown(String),
     #[error("cannot reach the ACME server: {0}")]
     Unreachable(String),
     #[error("the order is invalid: {0}")]
@@ -57,6 +60,7 @@ impl From<instant_acme::Error> for AcmeError {
                 let text = problem.to_string();
                 match problem.r#type.as_deref() {
                     Some(RATE_LIMITED) => AcmeError::RateLimited(text),
+                    Some(ACCOUNT_UNKNOWN) => AcmeError::AccountUnknown(text),
                     Some(t) if t.ends_with(":badNonce") || t.ends_with(":serverInternal") => {
                         AcmeError::Unreachable(text)
                     }
@@ -212,7 +216,28 @@ impl AcmeClient {
     }
 
     async fn order(&self, url: &str) -> Result<Order, AcmeError> {
-        Ok(self.account().await?.order(url.to_string()).await?)
+        let result = self.account().await?.order(url.to_string()).await;
+        self.forget_unknown_account(result.map_err(AcmeError::from))
+            .await
+    }
+
+    /// A CA that lost our account (a test CA restarted, or one that purges
+    /// old accounts) gets a new one on the next attempt.
+    async fn forget_unknown_account<T>(
+        &self,
+        result: Result<T, AcmeError>,
+    ) -> Result<T, AcmeError> {
+        if let Err(AcmeError::AccountUnknown(_)) = &result {
+            tracing::warn!(directory = %self.config.directory_url, "ACME account unknown to the CA; it will be registered again");
+            *self.account.lock().await = None;
+            let directory = self.config.directory_url.clone();
+            self.store
+                .write("delete_acme_account", move |c| {
+                    Box::pin(async move { queries::delete_acme_account(c, &directory).await })
+                })
+                .await?;
+        }
+        result
     }
 
     pub async fn new_order(&self, domains: &DomainList) -> Result<CreatedOrder, AcmeError> {
@@ -221,7 +246,10 @@ impl AcmeClient {
             .map(|d| Identifier::Dns(d.to_string()))
             .collect();
         let account = self.account().await?;
-        let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+        let created = account.new_order(&NewOrder::new(&identifiers)).await;
+        let mut order = self
+            .forget_unknown_account(created.map_err(AcmeError::from))
+            .await?;
         let url = order.url().to_string();
         let mut challenges = Vec::new();
         let mut authorizations = order.authorizations();

@@ -421,3 +421,10 @@ pub async fn insert_acme_account(conn: &mut Conn, account: &AcmeAccountRow) -> R
         .await?;
     Ok(())
 }
+
+pub async fn delete_acme_account(conn: &mut Conn, directory_url: &str) -> Result<(), DbError> {
+    diesel::delete(acme_accounts::table.filter(acme_accounts::directory_url.eq(directory_url)))
+        .execute(conn)
+        .await?;
+    Ok(())
+}

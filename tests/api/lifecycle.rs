@@ -303,3 +303,45 @@ both_backends!(
     secrets_are_encrypted_at_rest,
     busy_instance_answers_concurrency_error
 );
+
+/// A CA that no longer knows the stored account (Pebble restarted, say):
+/// the broker registers again and the provision still succeeds.
+async fn lost_acme_account_is_registered_again(backend: Backend) {
+    use base64::Engine;
+    use diesel_async::RunQueryDsl;
+    use domain_broker::db::models::AcmeAccountRow;
+    use domain_broker::db::schema::acme_accounts;
+    let app = spawn_app(backend).await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let credentials = serde_json::json!({
+        "id": format!("{}/my-account/lost-{}", env("ACME_DIRECTORY_URL").trim_end_matches("/dir"), random_label()),
+        "key_pkcs8": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.serialize_der()),
+        "directory": env("ACME_DIRECTORY_URL"),
+    });
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(env("DATABASE_ENCRYPTION_KEY"))
+        .unwrap();
+    let cipher = domain_broker::crypto::Cipher::new(&secret.try_into().unwrap());
+    let row = AcmeAccountRow {
+        id: "lost".into(),
+        directory_url: env("ACME_DIRECTORY_URL"),
+        credentials_encrypted: cipher.encrypt(credentials.to_string().as_bytes()),
+        created_at: chrono::Utc::now().naive_utc(),
+    };
+    let mut conn = app.pool.get().await.unwrap();
+    diesel::insert_into(acme_accounts::table)
+        .values(&row)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+
+    let domain = delegated_domain().await;
+    let id = format!("lost-{}", random_label());
+    app.provision(&id, &provision_body(&domain)).await;
+    let done = app.wait_done(&id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(app.count("acme_accounts").await, 1);
+}
+
+both_backends!(lost_acme_account_is_registered_again);
