@@ -36,6 +36,18 @@ impl DatabaseUrl {
         }
     }
 
+    /// For logs: a PostgreSQL password is replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let url = self.to_string();
+        match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if url[scheme + 3..at].contains(':') => {
+                let colon = scheme + 3 + url[scheme + 3..at].find(':').expect("checked");
+                format!("{}:***{}", &url[..colon], &url[at..])
+            }
+            _ => url,
+        }
+    }
+
     pub fn is_sqlite(&self) -> bool {
         matches!(self, DatabaseUrl::Sqlite(_))
     }
@@ -99,7 +111,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("addr", &self.addr)
-            .field("database_url", &self.database_url.to_string())
+            .field("database_url", &self.database_url.redacted())
             .field("acme", &self.acme)
             .field("dns_root_domain", &self.dns.root_domain)
             .finish_non_exhaustive()
@@ -349,5 +361,11 @@ mod tests {
         );
         assert!(DatabaseUrl::parse("postgres://u@h/db").is_some());
         assert_eq!(DatabaseUrl::parse("sqlite://"), None);
+        let pg = DatabaseUrl::parse("postgres://user:secret@db:5432/broker").unwrap();
+        assert_eq!(pg.redacted(), "postgres://user:***@db:5432/broker");
+        assert_eq!(
+            DatabaseUrl::parse("postgres://u@h/db").unwrap().redacted(),
+            "postgres://u@h/db"
+        );
     }
 }

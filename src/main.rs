@@ -62,6 +62,10 @@ async fn serve() -> Result<(), String> {
 async fn migrate() -> Result<(), String> {
     let url = Env::process().database_url().map_err(|e| e.to_string())?;
     let applied = db::migrate(&url).await.map_err(|e| e.to_string())?;
-    println!("applied {} migration(s) to {url}", applied.len());
+    println!(
+        "applied {} migration(s) to {}",
+        applied.len(),
+        url.redacted()
+    );
     Ok(())
 }

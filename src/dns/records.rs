@@ -16,6 +16,15 @@ pub struct DnsError {
     pub message: String,
 }
 
+impl DnsError {
+    fn at(name: &str, e: impl std::fmt::Display) -> DnsError {
+        DnsError {
+            name: name.to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
 pub struct ChallengeRecords {
     updater: DnsUpdater,
     zone: DomainName,
@@ -78,10 +87,7 @@ impl ChallengeRecords {
                 self.zone.as_str(),
             )
             .await
-            .map_err(|e| DnsError {
-                name: name.to_string(),
-                message: e.to_string(),
-            })
+            .map_err(|e| DnsError::at(name, e))
     }
 
     /// Removes exactly this value; a value already gone is no error.
@@ -95,9 +101,6 @@ impl ChallengeRecords {
                 self.zone.as_str(),
             )
             .await
-            .map_err(|e| DnsError {
-                name: name.to_string(),
-                message: e.to_string(),
-            })
+            .map_err(|e| DnsError::at(name, e))
     }
 }

@@ -2,6 +2,9 @@ use serde_json::{Map, Value};
 
 use super::{DomainName, InvalidDomainName, Plan};
 
+/// What Let's Encrypt puts in one certificate at most.
+pub const MAX_DOMAINS: usize = 100;
+
 /// The domains of an instance: de-duplicated, in the order given.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DomainList(Vec<DomainName>);
@@ -16,6 +19,8 @@ pub enum ParameterError {
     DomainsWrongType,
     #[error("{0}")]
     InvalidDomain(#[from] InvalidDomainName),
+    #[error("At most {MAX_DOMAINS} domains fit in one certificate; {0} were given.")]
+    TooManyDomains(usize),
     #[error("Unknown parameter(s) for this plan: {unknown}. Allowed: {allowed}.")]
     Unknown { unknown: String, allowed: String },
 }
@@ -49,7 +54,11 @@ impl DomainList {
         if names.is_empty() {
             return Err(ParameterError::DomainsRequired);
         }
-        Ok(DomainList::new(names))
+        let list = DomainList::new(names);
+        if list.len() > MAX_DOMAINS {
+            return Err(ParameterError::TooManyDomains(list.len()));
+        }
+        Ok(list)
     }
 
     /// Reads back what `to_json` stored.
@@ -178,5 +187,10 @@ mod tests {
             "Unknown parameter(s) for this plan: origin, zzz. Allowed: domains."
         );
         assert_eq!(parse(json!([1])), Err(ParameterError::NotAnObject));
+        let many: Vec<String> = (0..101).map(|i| format!("d{i}.example.com")).collect();
+        assert_eq!(
+            parse(json!({"domains": many})),
+            Err(ParameterError::TooManyDomains(101))
+        );
     }
 }

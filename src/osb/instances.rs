@@ -59,6 +59,15 @@ fn parameter_error(e: ParameterError) -> OsbError {
     OsbError::bad_request(e.to_string())
 }
 
+/// The request's `parameters`, `{}` when absent.
+fn parameters_of(
+    body: &serde_json::Map<String, Value>,
+) -> Result<serde_json::Map<String, Value>, OsbError> {
+    Ok(optional_object(body, "parameters")?
+        .cloned()
+        .unwrap_or_default())
+}
+
 pub async fn provision(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -86,11 +95,7 @@ pub async fn provision(
     };
     let organization_guid = guid("organization_guid")?;
     let space_guid = guid("space_guid")?;
-    let parameters = match body.get("parameters") {
-        None | Some(Value::Null) => json!({}),
-        Some(v @ Value::Object(_)) => v.clone(),
-        Some(_) => return Err(parameter_error(ParameterError::NotAnObject)),
-    };
+    let parameters = Value::Object(parameters_of(&body)?);
     let plan = known_plan(service_id, plan_id)?;
     let mut request = ProvisionRequest {
         plan: plan.plan,
@@ -197,11 +202,7 @@ pub async fn update(
             ),
         ));
     }
-    let given = match body.get("parameters") {
-        None | Some(Value::Null) => serde_json::Map::new(),
-        Some(Value::Object(map)) => map.clone(),
-        Some(_) => return Err(parameter_error(ParameterError::NotAnObject)),
-    };
+    let given = parameters_of(&body)?;
     let parsed = ProvisionParameters::parse(plan.plan, Some(&Value::Object(given.clone())))
         .map_err(parameter_error)?;
     let Some(domains) = parsed.domains else {

@@ -533,3 +533,57 @@ both_backends!(
     binding_rules,
     edge_plans_are_not_available_yet,
 );
+
+/// Only the certificate plan is bindable. Edge-plan instances cannot be
+/// provisioned yet, so one is put in the store as a provisioned row.
+async fn edge_plan_instances_are_not_bindable(backend: Backend) {
+    use diesel_async::RunQueryDsl;
+    use domain_broker::db::models::InstanceRow;
+    use domain_broker::db::schema::service_instances;
+    let app = spawn_app(backend).await;
+    let id = format!("edge-{}", random_label());
+    let now = chrono::Utc::now().naive_utc();
+    let row = InstanceRow {
+        id: id.clone(),
+        service_id: SERVICE_ID.into(),
+        plan_id: DOMAIN_PLAN.into(),
+        organization_guid: "o".into(),
+        space_guid: "s".into(),
+        context: None,
+        parameters: "{}".into(),
+        domains: "[\"edge.example.com\"]".into(),
+        state: "provisioned".into(),
+        current_certificate_id: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let mut conn = app.pool.get().await.unwrap();
+    diesel::insert_into(service_instances::table)
+        .values(&row)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let before = app.snapshot().await;
+    let res = app
+        .bind(
+            &id,
+            "b",
+            &json!({"service_id": SERVICE_ID, "plan_id": DOMAIN_PLAN}),
+        )
+        .await;
+    assert_eq!(res.status(), 400);
+    let text = res.json::<Value>().await.unwrap()["description"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(text.contains("not bindable"), "{text}");
+    assert_eq!(app.snapshot().await, before);
+    // Unknown instance: 404, and no binding.
+    let res = app
+        .bind(&format!("nope-{}", random_label()), "b", &bind_body())
+        .await;
+    assert_eq!(res.status(), 404);
+}
+
+both_backends!(edge_plan_instances_are_not_bindable);
