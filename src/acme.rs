@@ -334,31 +334,27 @@ impl AcmeClient {
 
 /// The failed authorizations of an order: which domain, and what the CA said.
 async fn why_invalid(order: &mut Order) -> String {
+    let order_problem = order.state().error.as_ref().map(|p| p.to_string());
     let mut reasons = Vec::new();
-    if let Some(problem) = &order.state().error {
-        reasons.push(problem.to_string());
-    }
     let mut authorizations = order.authorizations();
     while let Some(Ok(authz)) = authorizations.next().await {
         if authz.status == AuthorizationStatus::Invalid {
             let domain = authz.identifier().to_string();
             for challenge in &authz.challenges {
                 if let Some(problem) = &challenge.error {
-                    reasons.push(format!(
-                        "{domain}: {}",
-                        problem
-                            .detail
-                            .clone()
-                            .unwrap_or_else(|| problem.to_string())
-                    ));
+                    let detail = problem
+                        .detail
+                        .clone()
+                        .unwrap_or_else(|| problem.to_string());
+                    reasons.push(format!("{domain} ({detail})"));
                 }
             }
         }
     }
-    if reasons.is_empty() {
-        "the ACME server marked the order invalid without saying why".into()
-    } else {
-        reasons.join("; ")
+    match (reasons.is_empty(), order_problem) {
+        (false, _) => reasons.join("; "),
+        (true, Some(problem)) => problem,
+        (true, None) => "the ACME server marked the order invalid without saying why".into(),
     }
 }
 

@@ -85,12 +85,18 @@ async fn ensure_account(ctx: StepContext) -> StepResult {
     Ok(StepOutcome::Done)
 }
 
-/// The certificate this operation orders, once `create_order` made it.
-async fn this_certificate(ctx: &StepContext) -> Result<CertificateRow, StepError> {
+/// The certificate this operation orders, if `create_order` made it.
+async fn this_certificate_if_any(ctx: &StepContext) -> Result<Option<CertificateRow>, StepError> {
     let op_id = ctx.operation.id.clone();
-    ctx.deps
+    Ok(ctx
+        .deps
         .store
         .read(move |c| Box::pin(async move { queries::certificate_of_operation(c, &op_id).await }))
+        .await?)
+}
+
+async fn this_certificate(ctx: &StepContext) -> Result<CertificateRow, StepError> {
+    this_certificate_if_any(ctx)
         .await?
         .ok_or_else(|| StepError::Fail("the certificate order of this operation is missing".into()))
 }
@@ -110,13 +116,7 @@ async fn challenges(
 /// A new key and order. A crash before the row is written makes a second
 /// order on resume; the first simply expires at the CA.
 async fn create_order(ctx: StepContext) -> StepResult {
-    let op_id = ctx.operation.id.clone();
-    let existing = ctx
-        .deps
-        .store
-        .read(move |c| Box::pin(async move { queries::certificate_of_operation(c, &op_id).await }))
-        .await?;
-    if existing.is_some() {
+    if this_certificate_if_any(&ctx).await?.is_some() {
         return Ok(StepOutcome::Done);
     }
     let request = OperationRequest::parse(&ctx.operation);
@@ -247,7 +247,12 @@ async fn await_validation(ctx: StepContext) -> StepResult {
     let order_url = cert.order_url.clone().unwrap_or_default();
     match ctx.deps.acme.order_state(&order_url).await? {
         OrderState::Ready | OrderState::Processing | OrderState::Valid => Ok(StepOutcome::Done),
-        OrderState::Invalid(reason) => Err(StepError::Fail(reason)),
+        OrderState::Invalid(reason) => Err(StepError::Fail(format!(
+            "the ACME server could not validate {reason}. Check that each \
+             _acme-challenge.<domain> is a CNAME to _acme-challenge.<domain>.{}, then repeat \
+             the request",
+            ctx.deps.config.dns.root_domain
+        ))),
         OrderState::Pending => {
             let answered = challenges(&ctx, &cert.id)
                 .await?
@@ -337,8 +342,17 @@ pub async fn remove_records(
 }
 
 async fn remove_txt_records(ctx: StepContext) -> StepResult {
-    let cert = this_certificate(&ctx).await?;
-    let names: Vec<(String, String)> = challenges(&ctx, &cert.id)
+    remove_challenge_records(&ctx).await?;
+    Ok(StepOutcome::Done)
+}
+
+/// Removes the TXT records of this operation's challenges; also run when
+/// the operation fails, so a failed order leaves nothing in DNS.
+pub async fn remove_challenge_records(ctx: &StepContext) -> Result<(), StepError> {
+    let Some(cert) = this_certificate_if_any(ctx).await? else {
+        return Ok(());
+    };
+    let names: Vec<(String, String)> = challenges(ctx, &cert.id)
         .await?
         .into_iter()
         .map(|ch| (ch.txt_name, ch.txt_value))
@@ -352,8 +366,7 @@ async fn remove_txt_records(ctx: StepContext) -> StepResult {
         .into_iter()
         .filter(|r| names.iter().any(|(n, v)| *n == r.name && *v == r.value))
         .collect();
-    remove_records(&ctx, records).await?;
-    Ok(StepOutcome::Done)
+    remove_records(ctx, records).await
 }
 
 async fn install_certificate(ctx: StepContext) -> StepResult {

@@ -124,14 +124,12 @@ pub async fn advance(
     let op_id = op.id.clone();
     if let Some(step) = table.get(index) {
         let span = tracing::info_span!("step", instance_id = %instance.id, operation_id = %op.id, step = step.name);
-        let _guard = span.enter();
-        drop(_guard);
         let ctx = StepContext {
             deps: deps.clone(),
             instance: instance.clone(),
             operation: op.clone(),
         };
-        let result = tracing::Instrument::instrument((step.run)(ctx), span.clone()).await;
+        let result = tracing::Instrument::instrument((step.run)(ctx.clone()), span.clone()).await;
         let (next_step, attempts, delay, description, error, failed) = match result {
             Ok(StepOutcome::Done) => (index + 1, 0, Duration::ZERO, None, None, None),
             // The wait is this step's doing: keep saying so until it is over.
@@ -164,7 +162,16 @@ pub async fn advance(
             }
         };
         match failed {
-            Some(reason) => finish(&deps, &instance, &op, action, Err(reason)).await?,
+            Some(reason) => {
+                if action != Action::Deprovision {
+                    // Best effort: what stays is still listed, and a
+                    // deprovision removes it.
+                    if let Err(e) = certificate::remove_challenge_records(&ctx).await {
+                        tracing::warn!(parent: &span, error = ?e, "could not remove the challenge records of a failed operation");
+                    }
+                }
+                finish(&deps, &instance, &op, action, Err(reason)).await?
+            }
             None => {
                 let description = description
                     .or_else(|| table.get(next_step).map(|s| s.description))

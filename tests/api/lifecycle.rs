@@ -345,3 +345,78 @@ async fn lost_acme_account_is_registered_again(backend: Backend) {
 }
 
 both_backends!(lost_acme_account_is_registered_again);
+
+/// When validation fails, last_operation says which domain and what the CA
+/// said; a failed update leaves the instance usable, and a failed provision
+/// is retried by repeating the request once the record is fixed.
+async fn failures_are_explained_and_retryable(backend: Backend) {
+    let app = spawn_app_with(backend, &[("DNS_PROPAGATION_SLEEP_TIME", "1")]).await;
+    let root = env("DNS_ROOT_DOMAIN");
+    let domain = delegated_domain().await;
+    let id = format!("fail-{}", random_label());
+    let body = provision_body(&domain);
+    assert_eq!(app.provision(&id, &body).await.status(), 202);
+    // The user breaks the delegation after the broker checked it.
+    set_cname(
+        &format!("_acme-challenge.{domain}"),
+        &format!("elsewhere.{root}"),
+    )
+    .await;
+    let done = app.wait_done(&id).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    let description = done["description"].as_str().unwrap();
+    assert!(
+        description.starts_with("Provisioning failed"),
+        "{description}"
+    );
+    assert!(description.contains(&domain), "{description}");
+    assert!(
+        txt_values(&challenge_txt_name(&domain)).is_empty(),
+        "records of a failed order stay"
+    );
+
+    // Fixed, and asked again: the same request retries.
+    delegate(&domain).await;
+    assert_eq!(app.provision(&id, &body).await.status(), 202);
+    assert_eq!(app.wait_done(&id).await["state"], "succeeded");
+
+    let other = delegated_domain().await;
+    let res = app
+        .request(
+            Method::PATCH,
+            &format!("/v2/service_instances/{id}?accepts_incomplete=true"),
+        )
+        .json(&serde_json::json!({"service_id": SERVICE_ID, "parameters": {"domains": other}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    set_cname(
+        &format!("_acme-challenge.{other}"),
+        &format!("elsewhere.{root}"),
+    )
+    .await;
+    let done = app.wait_done(&id).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert_eq!(done["instance_usable"], true);
+    assert_eq!(done["update_repeatable"], true);
+    assert!(
+        done["description"].as_str().unwrap().contains(&other),
+        "{done}"
+    );
+    let fetched: Value = app
+        .request(Method::GET, &format!("/v2/service_instances/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fetched["parameters"]["domains"], domain.as_str());
+    let res = app.bind(&id, "still-works", &bind_body()).await;
+    assert_eq!(res.status(), 201);
+    let bound: Value = res.json().await.unwrap();
+    assert_eq!(bound["credentials"]["domains"], serde_json::json!([domain]));
+}
+
+both_backends!(failures_are_explained_and_retryable);
