@@ -399,6 +399,9 @@ impl InstanceActor {
                             if !taken.is_empty() {
                                 return Ok(Err(taken));
                             }
+                            // Held from now on, so no other instance takes them
+                            // while the certificate is ordered.
+                            queries::claim_more_domains(c, &instance_id, &names).await?;
                             queries::start_operation(
                                 c,
                                 &instance_id,

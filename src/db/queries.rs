@@ -182,6 +182,29 @@ pub async fn claim_domains(
     Ok(())
 }
 
+/// Adds claims for those of `domains` the instance does not hold yet.
+pub async fn claim_more_domains(
+    conn: &mut Conn,
+    instance_id: &str,
+    domains: &[&str],
+) -> Result<(), DbError> {
+    let held: Vec<String> = instance_domains::table
+        .filter(instance_domains::instance_id.eq(instance_id))
+        .select(instance_domains::domain)
+        .load(conn)
+        .await?;
+    for domain in domains.iter().filter(|d| !held.iter().any(|h| h == *d)) {
+        diesel::insert_into(instance_domains::table)
+            .values((
+                instance_domains::domain.eq(*domain),
+                instance_domains::instance_id.eq(instance_id),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
 pub async fn insert_operation(conn: &mut Conn, operation: &OperationRow) -> Result<(), DbError> {
     diesel::insert_into(operations::table)
         .values(operation)

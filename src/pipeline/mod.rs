@@ -255,6 +255,11 @@ async fn finish(
     tracing::info!(instance_id = %instance.id, operation_id = %op.id, state = op_state, %description, "operation finished");
     let (instance_id, op_id) = (instance.id.clone(), op.id.clone());
     let release = action == Action::Deprovision && outcome.is_ok();
+    // A failed update gives back the domains it had claimed.
+    let keep_domains = (action == Action::Update && outcome.is_err())
+        .then(|| crate::domain::DomainList::from_stored(&instance.domains))
+        .flatten()
+        .map(|d| d.names().iter().map(|n| n.to_string()).collect::<Vec<_>>());
     deps.store
         .write("finish_operation", move |c| {
             Box::pin(async move {
@@ -262,6 +267,10 @@ async fn finish(
                 queries::move_instance_state(c, &instance_id, from, to).await?;
                 if release {
                     queries::release_domains(c, &instance_id).await?;
+                }
+                if let Some(domains) = &keep_domains {
+                    let names: Vec<&str> = domains.iter().map(String::as_str).collect();
+                    queries::claim_domains(c, &instance_id, &names).await?;
                 }
                 Ok(())
             })

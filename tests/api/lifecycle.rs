@@ -287,6 +287,11 @@ async fn busy_instance_answers_concurrency_error(backend: Backend) {
     );
     let res = app.deprovision(&id).await;
     assert_eq!(res.status(), 422);
+    // The domain being added is held already.
+    let res = app
+        .provision(&format!("rival-{}", random_label()), &provision_body(&b))
+        .await;
+    assert_eq!(res.status(), 400);
     assert_eq!(app.wait_done(&id).await["state"], "succeeded");
     assert_eq!(
         app.request(Method::GET, &path)
@@ -399,6 +404,11 @@ async fn failures_are_explained_and_retryable(backend: Backend) {
     let done = app.wait_done(&id).await;
     assert_eq!(done["state"], "failed", "{done}");
     assert_eq!(done["instance_usable"], true);
+    assert_eq!(
+        app.count("instance_domains").await,
+        1,
+        "the failed update kept its claim"
+    );
     assert_eq!(done["update_repeatable"], true);
     assert!(
         done["description"].as_str().unwrap().contains(&other),
