@@ -95,6 +95,16 @@ pub struct DnsConfig {
     pub provider: DnsProvider,
 }
 
+/// When certificates are renewed, and how many orders may run at once.
+#[derive(Clone, Debug)]
+pub struct RenewalConfig {
+    pub renew_before_days: u32,
+    pub max_concurrent_orders: usize,
+    pub check_interval: Duration,
+    /// Renewals found due together start spread over this long.
+    pub jitter: Duration,
+}
+
 #[derive(Clone)]
 pub struct Config {
     pub addr: String,
@@ -104,6 +114,7 @@ pub struct Config {
     pub encryption_key: [u8; 32],
     pub acme: AcmeConfig,
     pub dns: DnsConfig,
+    pub renewal: RenewalConfig,
 }
 
 impl fmt::Debug for Config {
@@ -114,6 +125,7 @@ impl fmt::Debug for Config {
             .field("database_url", &self.database_url.redacted())
             .field("acme", &self.acme)
             .field("dns_root_domain", &self.dns.root_domain)
+            .field("renewal", &self.renewal)
             .finish_non_exhaustive()
     }
 }
@@ -235,6 +247,32 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             )?,
             provider: self.dns_provider(&host_port)?,
         };
+        let renewal = RenewalConfig {
+            renew_before_days: self.parsed(
+                "RENEW_BEFORE_DAYS",
+                Some("30"),
+                "a number of days",
+                |s| s.parse().ok(),
+            )?,
+            max_concurrent_orders: self.parsed(
+                "MAX_CONCURRENT_ORDERS",
+                Some("10"),
+                "a positive number",
+                |s| s.parse().ok().filter(|n| *n > 0),
+            )?,
+            check_interval: self.parsed(
+                "RENEWAL_CHECK_INTERVAL_SECONDS",
+                Some("3600"),
+                "a positive number of seconds",
+                |s| seconds(s).filter(|d| !d.is_zero()),
+            )?,
+            jitter: self.parsed(
+                "RENEWAL_JITTER_SECONDS",
+                Some("600"),
+                "a number of seconds",
+                seconds,
+            )?,
+        };
         Ok(Config {
             addr,
             username: self.required(
@@ -249,6 +287,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             encryption_key,
             acme,
             dns,
+            renewal,
         })
     }
 
@@ -340,6 +379,9 @@ mod tests {
             ("DNS_PROVIDER", "carrier-pigeon"),
             ("ACME_ROOT_CERT", "/does/not/exist.pem"),
             ("DNS_ROOT_DOMAIN", "not a domain"),
+            ("MAX_CONCURRENT_ORDERS", "0"),
+            ("RENEWAL_CHECK_INTERVAL_SECONDS", "0"),
+            ("RENEW_BEFORE_DAYS", "-1"),
         ] {
             let mut pairs = GOOD.to_vec();
             pairs.push((name, bad));

@@ -37,6 +37,7 @@ atomic_handler!(Update, UpdateOutcome, update);
 atomic_handler!(Deprovision, String, deprovision);
 atomic_handler!(Bind, BindOutcome, bind);
 atomic_handler!(Unbind, (), unbind);
+atomic_handler!(Renew, Option<String>, renew);
 
 pub struct InstanceActor {
     id: String,
@@ -636,6 +637,49 @@ impl InstanceActor {
                 true => Ok(()),
                 false => Err(BrokerError::Gone),
             }),
+        )
+    }
+}
+
+/// Sent by the Supervisor's renewal sweep to an instance whose certificate
+/// is due. Answers the new operation, or `None` when the instance is busy or
+/// no longer provisioned (the next sweep looks again).
+#[derive(Message)]
+#[rtype(result = "Result<Option<String>, BrokerError>")]
+pub struct Renew;
+
+impl InstanceActor {
+    fn renew(
+        &mut self,
+        _: Renew,
+        _: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<Option<String>, BrokerError>> {
+        let Some(instance) = self.live_instance() else {
+            return done(Ok(None));
+        };
+        if self.running_operation().is_some()
+            || instance.state != instance_state::PROVISIONED
+            || instance.current_certificate_id.is_none()
+        {
+            return done(Ok(None));
+        }
+        let plan = catalog::plan_by_id(&instance.plan_id).map_or(Plan::Certificate, |p| p.plan);
+        let request = OperationRequest {
+            domains: DomainList::from_stored(&instance.domains)
+                .map(|d| d.names().iter().map(|n| n.to_string()).collect())
+                .unwrap_or_default(),
+            parameters: None,
+        };
+        let op = OperationRow::start(
+            &self.id,
+            Action::Renew.as_str(),
+            pipeline::first_description(plan, Action::Renew),
+            serde_json::to_string(&request).expect("serializes"),
+        );
+        tracing::info!(instance_id = %self.id, operation_id = %op.id, "renewal started");
+        Box::pin(
+            self.start(instance_state::PROVISIONED, op)
+                .map(|result, _, _| result.map(Some)),
         )
     }
 }

@@ -6,8 +6,8 @@ pub mod store;
 pub mod supervisor;
 
 pub use instance::{
-    Bind, BindOutcome, Deprovision, InstanceActor, Provision, ProvisionOutcome, Unbind, Update,
-    UpdateOutcome,
+    Bind, BindOutcome, Deprovision, InstanceActor, Provision, ProvisionOutcome, Renew, Unbind,
+    Update, UpdateOutcome,
 };
 pub use store::{Store, StoreActor};
 pub use supervisor::{Route, Supervisor};

@@ -1,20 +1,28 @@
 //! The Supervisor owns `instance id -> InstanceActor`, routes messages to
 //! them, spreads them over one arbiter per core, and starts again any that
-//! died: everything an InstanceActor needs is in the database.
+//! died: everything an InstanceActor needs is in the database. Its timer
+//! resumes stalled operations and starts renewals, spread out and capped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use actix::prelude::*;
+use rand::Rng;
 
-use super::{BrokerError, InstanceActor};
-use crate::db::queries;
+use super::{BrokerError, InstanceActor, Renew};
+use crate::db::models::now;
+use crate::db::{DbError, queries};
 use crate::deps::Deps;
+use crate::domain::{Action, renew_at};
 
 pub struct Supervisor {
     deps: Deps,
     instances: HashMap<String, Addr<InstanceActor>>,
     arbiters: Vec<Arbiter>,
     next_arbiter: usize,
+    /// Renewals chosen by a sweep whose jittered start has not come yet.
+    pending_renewals: HashSet<String>,
+    sweeping: bool,
 }
 
 impl Supervisor {
@@ -25,6 +33,8 @@ impl Supervisor {
             instances: HashMap::new(),
             arbiters: (0..cores).map(|_| Arbiter::new()).collect(),
             next_arbiter: 0,
+            pending_renewals: HashSet::new(),
+            sweeping: false,
         }
     }
 
@@ -42,37 +52,108 @@ impl Supervisor {
         self.instances.insert(id.to_string(), addr.clone());
         addr
     }
+
+    /// One pass of the timer: resume what is unfinished, start what is due.
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        if self.sweeping {
+            return;
+        }
+        self.sweeping = true;
+        // Actors of deleted or unknown instances stop themselves; forget them.
+        self.instances.retain(|_, addr| addr.connected());
+        let store = self.deps.store.clone();
+        let renew_before_days = self.deps.config.renewal.renew_before_days;
+        let horizon = now() + chrono::Duration::days(renew_before_days.into());
+        ctx.spawn(
+            async move {
+                store
+                    .read(move |c| {
+                        Box::pin(async move {
+                            let unfinished = queries::unfinished_instance_ids(c).await?;
+                            let candidates = queries::renewal_candidates(c, horizon).await?;
+                            let renewing =
+                                queries::count_running(c, Action::Renew.as_str()).await?;
+                            Ok::<_, DbError>((unfinished, candidates, renewing))
+                        })
+                    })
+                    .await
+            }
+            .into_actor(self)
+            .map(move |result, act, ctx| {
+                act.sweeping = false;
+                let (unfinished, candidates, renewing) = match result {
+                    Ok(found) => found,
+                    Err(e) => return tracing::error!(error = %e, "renewal sweep failed"),
+                };
+                // An actor that died mid-operation is started again; a live
+                // one is left alone.
+                for id in unfinished {
+                    act.actor(&id);
+                }
+                let due: Vec<String> = candidates
+                    .into_iter()
+                    .filter_map(|(id, issued, expires)| {
+                        let at = renew_at(issued?, expires?, renew_before_days);
+                        (at <= now()).then_some(id)
+                    })
+                    .filter(|id| !act.pending_renewals.contains(id))
+                    .collect();
+                act.schedule_renewals(due, renewing as usize, ctx);
+            }),
+        );
+    }
+
+    /// Starts at most as many renewals as the cap leaves room for, each after
+    /// a random delay within the jitter window.
+    fn schedule_renewals(&mut self, due: Vec<String>, running: usize, ctx: &mut Context<Self>) {
+        let renewal = &self.deps.config.renewal;
+        let room = renewal
+            .max_concurrent_orders
+            .saturating_sub(running + self.pending_renewals.len());
+        if due.len() > room {
+            tracing::info!(
+                due = due.len(),
+                room,
+                "renewals capped; the rest wait for the next sweep"
+            );
+        }
+        for id in due.into_iter().take(room) {
+            let delay = jitter(renewal.jitter);
+            self.pending_renewals.insert(id.clone());
+            ctx.run_later(delay, move |act, _| {
+                act.pending_renewals.remove(&id);
+                let addr = act.actor(&id);
+                actix::spawn(async move {
+                    match addr.send(Renew).await {
+                        Ok(Ok(Some(op))) => tracing::debug!(instance_id = %id, operation_id = %op, "renewal running"),
+                        Ok(Ok(None)) => {}
+                        Ok(Err(e)) => tracing::warn!(instance_id = %id, error = %e, "renewal not started"),
+                        Err(e) => tracing::warn!(instance_id = %id, error = %e, "renewal not started"),
+                    }
+                });
+            });
+        }
+    }
+}
+
+/// A random delay in `[0, window]`, so that renewals found due together do
+/// not all reach the CA at once.
+pub fn jitter(window: Duration) -> Duration {
+    if window.is_zero() {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(rand::rng().random_range(0..=window.as_millis() as u64))
 }
 
 impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // Actors of deleted or unknown instances stop themselves; forget them.
-        ctx.run_interval(std::time::Duration::from_secs(60), |act, _| {
-            act.instances.retain(|_, addr| addr.connected());
-        });
-        // Resume every instance whose operation had not finished.
-        let store = self.deps.store.clone();
-        ctx.wait(
-            async move {
-                store
-                    .read(|c| Box::pin(async move { queries::unfinished_instance_ids(c).await }))
-                    .await
-            }
-            .into_actor(self)
-            .map(|result, act, _| match result {
-                Ok(ids) => {
-                    if !ids.is_empty() {
-                        tracing::info!(count = ids.len(), "resuming unfinished operations");
-                    }
-                    for id in ids {
-                        act.actor(&id);
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "cannot list unfinished operations"),
-            }),
-        );
+        // At start: resume every unfinished operation and renew what is due;
+        // then again at every interval.
+        self.sweep(ctx);
+        let interval = self.deps.config.renewal.check_interval;
+        ctx.run_interval(interval, |act, ctx| act.sweep(ctx));
     }
 }
 
@@ -98,5 +179,22 @@ where
     fn handle(&mut self, Route(id, msg): Route<M>, _: &mut Context<Self>) -> Self::Result {
         let addr = self.actor(&id);
         Box::pin(async move { Ok(addr.send(msg).await?) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_its_window_and_varies() {
+        let window = Duration::from_secs(10);
+        let delays: Vec<Duration> = (0..50).map(|_| jitter(window)).collect();
+        assert!(delays.iter().all(|d| *d <= window));
+        assert!(
+            delays.iter().any(|d| *d != delays[0]),
+            "jitter gave one value 50 times"
+        );
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
     }
 }

@@ -451,3 +451,40 @@ pub async fn delete_acme_account(conn: &mut Conn, directory_url: &str) -> Result
         .await?;
     Ok(())
 }
+
+/// Provisioned instances with no operation running whose current
+/// certificate expires before `horizon`: `(instance id, issued, expires)`,
+/// soonest expiry first.
+pub async fn renewal_candidates(
+    conn: &mut Conn,
+    horizon: NaiveDateTime,
+) -> Result<Vec<(String, Option<NaiveDateTime>, Option<NaiveDateTime>)>, DbError> {
+    let running = operations::table
+        .filter(operations::instance_id.eq(service_instances::id))
+        .filter(operations::state.eq(operation_state::IN_PROGRESS));
+    Ok(service_instances::table
+        .inner_join(
+            certificates::table
+                .on(service_instances::current_certificate_id.eq(certificates::id.nullable())),
+        )
+        .filter(service_instances::state.eq(instance_state::PROVISIONED))
+        .filter(certificates::expires_at.lt(horizon))
+        .filter(diesel::dsl::not(diesel::dsl::exists(running)))
+        .order(certificates::expires_at.asc())
+        .select((
+            service_instances::id,
+            certificates::issued_at,
+            certificates::expires_at,
+        ))
+        .load(conn)
+        .await?)
+}
+
+pub async fn count_running(conn: &mut Conn, kind: &str) -> Result<i64, DbError> {
+    Ok(operations::table
+        .filter(operations::kind.eq(kind))
+        .filter(operations::state.eq(operation_state::IN_PROGRESS))
+        .count()
+        .get_result(conn)
+        .await?)
+}

@@ -3,7 +3,9 @@
 mod domain_name;
 mod ids;
 mod parameters;
+mod renewal;
 
 pub use domain_name::{DomainName, InvalidDomainName};
 pub use ids::{Action, Plan};
 pub use parameters::{DomainList, ParameterError, ProvisionParameters};
+pub use renewal::renew_at;

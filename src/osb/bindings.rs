@@ -13,10 +13,7 @@ use super::{ApiVersion, AppState, OsbError};
 use crate::actors::{Bind, BindOutcome, BrokerError, Unbind};
 use crate::db::models::{BindingRow, instance_state};
 use crate::db::queries;
-use crate::domain::{DomainList, ParameterError};
-
-/// Certificates are renewed this long before they expire (RENEW_BEFORE_DAYS).
-pub const RENEW_BEFORE_DAYS: i64 = 30;
+use crate::domain::{DomainList, ParameterError, renew_at};
 
 type Path = web::Path<(String, String)>;
 
@@ -34,9 +31,12 @@ async fn render(
         .ok_or_else(|| {
             BrokerError::Internal(format!("certificate {} is missing", binding.certificate_id))
         })?;
-    let (Some(leaf), Some(key), Some(expires)) =
-        (&cert.leaf_pem, &cert.private_key_encrypted, cert.expires_at)
-    else {
+    let (Some(leaf), Some(key), Some(expires), Some(issued)) = (
+        &cert.leaf_pem,
+        &cert.private_key_encrypted,
+        cert.expires_at,
+        cert.issued_at,
+    ) else {
         return Err(
             BrokerError::Internal(format!("certificate {} is not complete", cert.id)).into(),
         );
@@ -47,7 +47,11 @@ async fn render(
         .decrypt(key)
         .map_err(|e| BrokerError::Internal(e.to_string()))?;
     let expires_at = DateTime::<Utc>::from_naive_utc_and_offset(expires, Utc);
-    let renew_before = expires_at - chrono::Duration::days(RENEW_BEFORE_DAYS);
+    // When the broker renews it: a binding should be refreshed after that.
+    let renew_before = DateTime::<Utc>::from_naive_utc_and_offset(
+        renew_at(issued, expires, state.deps.config.renewal.renew_before_days),
+        Utc,
+    );
     let chain = cert.chain_pem.clone().unwrap_or_default();
     let mut body = json!({
         "credentials": {

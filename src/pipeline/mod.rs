@@ -92,6 +92,9 @@ pub fn first_description(plan: Plan, action: Action) -> &'static str {
         .map_or("Finishing", |s| s.description)
 }
 
+/// A step that hangs (a peer that never answers) is abandoned after this
+/// long and tried again; steps are idempotent, so that is safe.
+const STEP_DEADLINE: Duration = Duration::from_secs(300);
 const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
@@ -129,7 +132,15 @@ pub async fn advance(
             instance: instance.clone(),
             operation: op.clone(),
         };
-        let result = tracing::Instrument::instrument((step.run)(ctx.clone()), span.clone()).await;
+        let run = tracing::Instrument::instrument((step.run)(ctx.clone()), span.clone());
+        let result = tokio::time::timeout(STEP_DEADLINE, run)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StepError::Retry(format!(
+                    "the step did not finish within {} seconds",
+                    STEP_DEADLINE.as_secs()
+                )))
+            });
         let (next_step, attempts, delay, description, error, failed) = match result {
             Ok(StepOutcome::Done) => (index + 1, 0, Duration::ZERO, None, None, None),
             // The wait is this step's doing: keep saying so until it is over.

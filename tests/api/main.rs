@@ -6,3 +6,4 @@ mod crash;
 mod helpers;
 mod lifecycle;
 mod osb;
+mod renewal;
