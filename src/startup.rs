@@ -38,6 +38,8 @@ pub struct Application {
     pub port: u16,
     pub deps: Deps,
     server: Server,
+    /// Held for the life of the broker (SQLite only).
+    _replica_lock: Option<std::fs::File>,
 }
 
 impl Application {
@@ -45,6 +47,7 @@ impl Application {
     /// Must run inside an actix system.
     pub async fn build(config: Config) -> Result<Application, StartupError> {
         catalog::validate(&catalog::catalog_json(17)).map_err(StartupError::Catalog)?;
+        let replica_lock = db::lock_single_replica(&config.database_url)?;
         let applied = db::migrate(&config.database_url).await?;
         if !applied.is_empty() {
             tracing::info!(?applied, "applied database migrations");
@@ -93,7 +96,12 @@ impl Application {
         .map_err(listen_err)?
         .run();
         tracing::info!(addr = %config.addr, port, "broker listening");
-        Ok(Application { port, deps, server })
+        Ok(Application {
+            port,
+            deps,
+            server,
+            _replica_lock: replica_lock,
+        })
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {

@@ -119,6 +119,36 @@ pub async fn migrate(url: &DatabaseUrl) -> Result<Vec<String>, DbError> {
     .map_err(|e| DbError::Migration(e.to_string()))?
 }
 
+/// SQLite serves one broker: a second replica on the same file would drive
+/// the same instances twice. The returned lock is held while the broker runs.
+pub fn lock_single_replica(url: &DatabaseUrl) -> Result<Option<std::fs::File>, DbError> {
+    let DatabaseUrl::Sqlite(path) = url else {
+        return Ok(None);
+    };
+    create_parent_dir(path)?;
+    let lock_path = path.with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| DbError::Connect(format!("cannot open {}: {e}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DbError::Connect(format!(
+            "another domain-broker already runs on {} (it holds {}); SQLite supports one \
+             broker at a time: stop the other one, or use PostgreSQL (DATABASE_URL=postgres://...) \
+             to run several replicas",
+            path.display(),
+            lock_path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(DbError::Connect(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
+    }
+}
+
 /// The embedded database file is created on first start, folder included.
 fn create_parent_dir(path: &std::path::Path) -> Result<(), DbError> {
     match path.parent().filter(|d| !d.as_os_str().is_empty()) {

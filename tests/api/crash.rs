@@ -188,3 +188,45 @@ fn command_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("DATABASE_ENCRYPTION_KEY"), "{stderr}");
 }
+
+async fn wait_until_listening(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the broker did not start listening on {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two brokers on one SQLite file would drive the same instances twice:
+/// the second refuses to start and says why.
+#[actix_web::test]
+async fn second_broker_on_one_sqlite_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database(Backend::Sqlite, dir.path()).await;
+    let first_addr = format!("127.0.0.1:{}", free_port());
+    let vars = broker_env(&database_url, &[("BROKER_ADDR", &first_addr)]);
+    let _first = BrokerProcess::start(&vars);
+    wait_until_listening(&first_addr).await;
+    let second_addr = format!("127.0.0.1:{}", free_port());
+    let vars = broker_env(&database_url, &[("BROKER_ADDR", &second_addr)]);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_domain-broker"))
+            .arg("serve")
+            .env_clear()
+            .envs(&vars)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another domain-broker already runs on"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("PostgreSQL"), "{stderr}");
+}
