@@ -8,6 +8,7 @@ use crate::actors::Store;
 use crate::config::Config;
 use crate::crypto::Cipher;
 use crate::dns::{ChallengeRecords, CnameChecker};
+use crate::lifecycle::Lifecycle;
 
 #[derive(Clone)]
 pub struct Deps {
@@ -17,4 +18,5 @@ pub struct Deps {
     pub acme: Arc<AcmeClient>,
     pub dns: Arc<ChallengeRecords>,
     pub cname: Arc<CnameChecker>,
+    pub lifecycle: Arc<Lifecycle>,
 }

@@ -9,6 +9,7 @@ pub mod db;
 pub mod deps;
 pub mod dns;
 pub mod domain;
+pub mod lifecycle;
 pub mod osb;
 pub mod pipeline;
 pub mod startup;

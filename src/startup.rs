@@ -17,6 +17,11 @@ use crate::dns::{ChallengeRecords, CnameChecker};
 use crate::osb::{self, AppState};
 use crate::{catalog, db};
 
+/// How long in-flight HTTP requests, then running steps, may take to finish
+/// at shutdown: together under the 30 seconds platforms commonly allow.
+const REQUEST_GRACE_SECONDS: u64 = 10;
+const STEP_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("the catalog is invalid: {0}")]
@@ -77,6 +82,7 @@ impl Application {
             acme: Arc::new(acme),
             dns: Arc::new(dns),
             cname: Arc::new(cname),
+            lifecycle: Arc::default(),
         };
         let supervisor = Supervisor::new(deps.clone()).start();
         let state = web::Data::new(AppState {
@@ -92,6 +98,7 @@ impl Application {
                 .app_data(web::PayloadConfig::new(256 * 1024))
                 .configure(osb::routes)
         })
+        .shutdown_timeout(REQUEST_GRACE_SECONDS)
         .listen(listener)
         .map_err(listen_err)?
         .run();
@@ -104,7 +111,23 @@ impl Application {
         })
     }
 
+    /// Serves until SIGTERM or SIGINT, then lets running steps finish (up to
+    /// a bound) so that a restart resumes from recorded progress.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        self.server.await?;
+        let lifecycle = self.deps.lifecycle.clone();
+        tracing::info!(
+            running = lifecycle.running_steps(),
+            "stopping: waiting for running steps"
+        );
+        let left = lifecycle.drain(STEP_GRACE).await;
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "stopping with steps unfinished; they run again at the next start"
+            );
+        }
+        tracing::info!("stopped");
+        Ok(())
     }
 }

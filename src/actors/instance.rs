@@ -78,6 +78,18 @@ impl InstanceActor {
         else {
             return;
         };
+        if self.deps.lifecycle.draining() {
+            return;
+        }
+        // A wait is a timer, not a running step: shutdown does not wait for it.
+        let wait = pipeline::wait_before_next_step(&op);
+        if !wait.is_zero() {
+            self.running = Some(ctx.run_later(wait, |act, ctx| {
+                act.running = None;
+                act.drive(ctx);
+            }));
+            return;
+        }
         let deps = self.deps.clone();
         let handle = ctx.spawn(pipeline::advance(deps, instance, op).into_actor(self).map(
             |result, act, ctx| {

@@ -86,6 +86,11 @@ pub fn steps(plan: Plan, action: Action) -> &'static [Step] {
     }
 }
 
+/// How long until the operation's next step may run.
+pub fn wait_before_next_step(op: &OperationRow) -> Duration {
+    (op.next_attempt_at - now()).to_std().unwrap_or_default()
+}
+
 pub fn first_description(plan: Plan, action: Action) -> &'static str {
     steps(plan, action)
         .first()
@@ -109,8 +114,8 @@ fn plan_of(instance: &InstanceRow) -> Plan {
         .unwrap_or(Plan::Certificate)
 }
 
-/// Waits for the operation's next attempt time, runs its next step once,
-/// records the result, and returns the rows as they now stand.
+/// Runs the operation's next step once, records the result, and returns
+/// the rows as they now stand. The caller waits for `next_attempt_at`.
 pub async fn advance(
     deps: Deps,
     instance: InstanceRow,
@@ -119,10 +124,7 @@ pub async fn advance(
     let action = Action::parse(&op.kind).unwrap_or(Action::Provision);
     let plan = plan_of(&instance);
     let table = steps(plan, action);
-    let wait = (op.next_attempt_at - now()).to_std().unwrap_or_default();
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
-    }
+    let _running = deps.lifecycle.step_started();
     let index = op.next_step.max(0) as usize;
     let op_id = op.id.clone();
     if let Some(step) = table.get(index) {

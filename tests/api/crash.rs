@@ -1,5 +1,6 @@
-//! Crash safety: a broker killed with SIGKILL mid-provision and started again
-//! finishes the provision, with one ACME account and no record left behind.
+//! Crash safety: a broker killed (SIGKILL) or stopped (SIGTERM) in the middle
+//! of a provision and started again finishes it, with one ACME account and no
+//! record left behind.
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -27,9 +28,17 @@ impl BrokerProcess {
         BrokerProcess { child }
     }
 
-    fn kill(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
+    /// Sends `signal` (`KILL`, `TERM`) and waits for the process to end.
+    fn stop(mut self, signal: &str) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([&format!("-{signal}"), &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        self.child.wait().unwrap()
     }
 }
 
@@ -48,57 +57,73 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn killed_mid_provision_resumes(backend: Backend) {
+/// Talks to a broker process over HTTP.
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    user: String,
+    password: String,
+}
+
+impl Client {
+    fn new(addr: &str, vars: &HashMap<String, String>) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            base: format!("http://{addr}/v2/service_instances"),
+            user: vars["BROKER_USERNAME"].clone(),
+            password: vars["BROKER_PASSWORD"].clone(),
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}/{path}", self.base))
+            .basic_auth(&self.user, Some(&self.password))
+            .header("X-Broker-API-Version", "2.17")
+    }
+
+    /// The latest operation, or `None` while the broker does not answer.
+    async fn last_operation(&self, id: &str) -> Option<Value> {
+        let res = self
+            .request(reqwest::Method::GET, &format!("{id}/last_operation"))
+            .send()
+            .await
+            .ok()?;
+        res.json().await.ok()
+    }
+}
+
+/// Stops the broker with `signal` while a provision waits between "TXT
+/// written" and "challenges answered", starts it again, and checks that the
+/// provision completes with one ACME account and no record left behind.
+async fn interrupted_provision_resumes(backend: Backend, signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let database_url = fresh_database(backend, dir.path()).await;
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    // A long propagation wait holds the provision between "TXT written" and
-    // "challenges answered" for long enough to kill it there.
+    let addr = format!("127.0.0.1:{}", free_port());
     let vars = broker_env(
         &database_url,
         &[("BROKER_ADDR", &addr), ("DNS_PROPAGATION_SLEEP_TIME", "3")],
     );
-    let (user, password) = (
-        vars["BROKER_USERNAME"].clone(),
-        vars["BROKER_PASSWORD"].clone(),
-    );
-    let client = reqwest::Client::new();
-    let base = format!("http://{addr}/v2/service_instances");
+    let client = Client::new(&addr, &vars);
     let domain = delegated_domain().await;
     let id = format!("crash-{}", random_label());
 
     let broker = BrokerProcess::start(&vars);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let res = loop {
-        let req = client
-            .put(format!("{base}/{id}?accepts_incomplete=true"))
-            .basic_auth(&user, Some(&password))
-            .header("X-Broker-API-Version", "2.17")
-            .json(&provision_body(&domain));
-        match req.send().await {
-            Ok(res) => break res,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(e) => panic!("broker did not come up: {e}"),
-        }
-    };
+    wait_until_listening(&addr).await;
+    let res = client
+        .request(
+            reqwest::Method::PUT,
+            &format!("{id}?accepts_incomplete=true"),
+        )
+        .json(&provision_body(&domain))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 202);
-    let poll = || async {
-        let res = client
-            .get(format!("{base}/{id}/last_operation"))
-            .basic_auth(&user, Some(&password))
-            .header("X-Broker-API-Version", "2.17")
-            .send()
-            .await
-            .unwrap();
-        (res.status().as_u16(), res.json::<Value>().await.unwrap())
-    };
     let txt_name = challenge_txt_name(&domain);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, body) = poll().await;
+        let body = client.last_operation(&id).await.unwrap();
         if body["description"] == "Waiting for DNS changes to propagate"
             && !txt_values(&txt_name).is_empty()
         {
@@ -110,27 +135,29 @@ async fn killed_mid_provision_resumes(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    broker.kill();
+    let stopping = Instant::now();
+    let status = broker.stop(signal);
+    if signal == "TERM" {
+        assert!(status.success(), "a SIGTERM stop exited with {status}");
+        assert!(
+            stopping.elapsed() < Duration::from_secs(5),
+            "a SIGTERM stop took {:?}",
+            stopping.elapsed()
+        );
+    }
     assert_eq!(
         txt_values(&txt_name).len(),
         1,
-        "the TXT record was written before the kill"
+        "the TXT record was written before the stop"
     );
 
     let _broker = BrokerProcess::start(&vars);
     let deadline = Instant::now() + Duration::from_secs(30);
     let done = loop {
-        if let Ok(res) = client
-            .get(format!("{base}/{id}/last_operation"))
-            .basic_auth(&user, Some(&password))
-            .header("X-Broker-API-Version", "2.17")
-            .send()
-            .await
+        if let Some(body) = client.last_operation(&id).await
+            && body["state"] != "in progress"
         {
-            let body: Value = res.json().await.unwrap();
-            if body["state"] != "in progress" {
-                break body;
-            }
+            break body;
         }
         assert!(
             Instant::now() < deadline,
@@ -152,7 +179,20 @@ async fn killed_mid_provision_resumes(backend: Backend) {
     );
 }
 
-both_backends!(killed_mid_provision_resumes);
+async fn killed_mid_provision_resumes(backend: Backend) {
+    interrupted_provision_resumes(backend, "KILL").await
+}
+
+/// SIGTERM: the broker stops at once (the DNS wait is a timer, not a
+/// running step), exits cleanly, and the next start resumes.
+async fn terminated_mid_provision_resumes(backend: Backend) {
+    interrupted_provision_resumes(backend, "TERM").await
+}
+
+both_backends!(
+    killed_mid_provision_resumes,
+    terminated_mid_provision_resumes
+);
 
 /// The CLI: `catalog` prints the catalog, `migrate` applies migrations, and
 /// `serve` with a missing setting stops and names it.
