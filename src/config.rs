@@ -105,6 +105,16 @@ pub struct RenewalConfig {
     pub jitter: Duration,
 }
 
+/// How this broker takes turns with other replicas on one PostgreSQL.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// Stable across restarts (the host name by default), so a restarted
+    /// replica takes its own leases back at once.
+    pub id: String,
+    /// A replica that stops renewing its leases loses them after this long.
+    pub lease: Duration,
+}
+
 #[derive(Clone)]
 pub struct Config {
     pub addr: String,
@@ -115,6 +125,7 @@ pub struct Config {
     pub acme: AcmeConfig,
     pub dns: DnsConfig,
     pub renewal: RenewalConfig,
+    pub replica: ReplicaConfig,
 }
 
 impl fmt::Debug for Config {
@@ -126,6 +137,7 @@ impl fmt::Debug for Config {
             .field("acme", &self.acme)
             .field("dns_root_domain", &self.dns.root_domain)
             .field("renewal", &self.renewal)
+            .field("replica", &self.replica)
             .finish_non_exhaustive()
     }
 }
@@ -273,6 +285,15 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 seconds,
             )?,
         };
+        let replica = ReplicaConfig {
+            id: self.get("REPLICA_ID").unwrap_or_else(host_name),
+            lease: self.parsed(
+                "LEASE_SECONDS",
+                Some("30"),
+                "a number of seconds, at least 3",
+                |s| seconds(s).filter(|d| d.as_secs() >= 3),
+            )?,
+        };
         Ok(Config {
             addr,
             username: self.required(
@@ -288,6 +309,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             acme,
             dns,
             renewal,
+            replica,
         })
     }
 
@@ -323,6 +345,15 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             )?,
         })
     }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "domain-broker".into())
 }
 
 #[cfg(test)]
@@ -382,6 +413,7 @@ mod tests {
             ("MAX_CONCURRENT_ORDERS", "0"),
             ("RENEWAL_CHECK_INTERVAL_SECONDS", "0"),
             ("RENEW_BEFORE_DAYS", "-1"),
+            ("LEASE_SECONDS", "1"),
         ] {
             let mut pairs = GOOD.to_vec();
             pairs.push((name, bad));

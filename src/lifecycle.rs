@@ -62,13 +62,19 @@ mod tests {
         assert_eq!(lifecycle.running_steps(), 1);
         let started = Instant::now();
         assert_eq!(lifecycle.drain(Duration::from_secs(5)).await, 0);
-        assert!(started.elapsed() >= Duration::from_millis(100), "drain did not wait");
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "drain did not wait"
+        );
         assert!(lifecycle.draining());
         step.await.unwrap();
 
         let _stuck = lifecycle.step_started();
         let started = Instant::now();
         assert_eq!(lifecycle.drain(Duration::from_millis(100)).await, 1);
-        assert!(started.elapsed() < Duration::from_secs(2), "drain ignored its bound");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "drain ignored its bound"
+        );
     }
 }

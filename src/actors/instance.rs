@@ -16,17 +16,25 @@ use crate::domain::{Action, DomainList, Plan};
 use crate::pipeline::{self, OperationRequest};
 
 /// Requests are handled one at a time, to the end (writes included), so two
-/// racing requests for one instance never both see it absent.
+/// racing requests for one instance never both see it absent; each starts
+/// from the stored state, which another replica may have changed.
 macro_rules! atomic_handler {
     ($msg:ty, $out:ty, $method:ident) => {
         impl Handler<$msg> for InstanceActor {
             type Result = AtomicResponse<Self, Result<$out, BrokerError>>;
 
-            fn handle(&mut self, msg: $msg, ctx: &mut Context<Self>) -> Self::Result {
-                AtomicResponse::new(Box::pin(self.$method(msg, ctx).map(|reply, act, ctx| {
-                    act.stop_if_idle(ctx);
-                    reply
-                })))
+            fn handle(&mut self, msg: $msg, _: &mut Context<Self>) -> Self::Result {
+                AtomicResponse::new(Box::pin(
+                    self.reload()
+                        .then(move |loaded, act, ctx| match loaded {
+                            Ok(()) => act.$method(msg, ctx),
+                            Err(e) => done(Err(e)),
+                        })
+                        .map(|reply, act, ctx| {
+                            act.stop_if_idle(ctx);
+                            reply
+                        }),
+                ))
             }
         }
     };
@@ -95,11 +103,18 @@ impl InstanceActor {
             |result, act, ctx| {
                 act.running = None;
                 match result {
-                    Ok((instance, op)) => {
+                    Ok(pipeline::Advanced::Progressed(rows)) => {
+                        let (instance, op) = *rows;
                         act.instance = Some(instance);
                         act.operation = Some(op);
                         act.drive(ctx);
                         act.stop_if_idle(ctx);
+                    }
+                    // Another replica drives the instance; the Supervisor
+                    // starts this actor again if that replica's lease lapses.
+                    Ok(pipeline::Advanced::NotOurs) => {
+                        tracing::info!(instance_id = %act.id, "another replica drives this instance");
+                        ctx.stop();
                     }
                     Err(e) => {
                         tracing::error!(instance_id = %act.id, error = %e, "recording progress failed; retrying");
@@ -167,36 +182,47 @@ impl Actor for InstanceActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Messages wait until the instance is loaded.
+        ctx.wait(self.reload().map(|loaded, act, ctx| {
+            if loaded.is_err() {
+                // The Supervisor starts the actor again when it is next needed.
+                return ctx.stop();
+            }
+            if act.running_operation().is_some() {
+                tracing::info!(instance_id = %act.id, "resuming unfinished operation");
+            }
+            act.drive(ctx);
+        }));
+    }
+}
+
+impl InstanceActor {
+    /// Loads the instance and its latest operation from the store.
+    fn reload(&mut self) -> impl ActorFuture<Self, Output = Result<(), BrokerError>> + 'static {
         let store = self.deps.store.clone();
         let id = self.id.clone();
-        ctx.wait(
-            async move {
-                store
-                    .read(move |c| {
-                        Box::pin(async move {
-                            let instance = queries::instance(c, &id).await?;
-                            let op = queries::latest_operation(c, &id).await?;
-                            Ok((instance, op))
-                        })
+        async move {
+            store
+                .read(move |c| {
+                    Box::pin(async move {
+                        let instance = queries::instance(c, &id).await?;
+                        let op = queries::latest_operation(c, &id).await?;
+                        Ok((instance, op))
                     })
-                    .await
+                })
+                .await
+        }
+        .into_actor(self)
+        .map(|result, act, _| match result {
+            Ok((instance, op)) => {
+                act.instance = instance;
+                act.operation = op;
+                Ok(())
             }
-            .into_actor(self)
-            .map(|result, act, ctx| match result {
-                Ok((instance, op)) => {
-                    act.instance = instance;
-                    act.operation = op;
-                    if act.running_operation().is_some() {
-                        tracing::info!(instance_id = %act.id, "resuming unfinished operation");
-                    }
-                    act.drive(ctx);
-                }
-                Err(e) => {
-                    tracing::error!(instance_id = %act.id, error = %e, "cannot load instance");
-                    ctx.stop();
-                }
-            }),
-        );
+            Err(e) => {
+                tracing::error!(instance_id = %act.id, error = %e, "cannot load instance");
+                Err(e.into())
+            }
+        })
     }
 }
 
@@ -296,6 +322,8 @@ impl InstanceActor {
             current_certificate_id: None,
             created_at: created,
             updated_at: created,
+            lease_owner: None,
+            lease_expires_at: None,
         };
         let store = self.deps.store.clone();
         let (write_row, write_op) = (row.clone(), op.clone());

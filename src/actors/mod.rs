@@ -37,7 +37,16 @@ pub enum BrokerError {
 
 impl From<DbError> for BrokerError {
     fn from(e: DbError) -> Self {
-        BrokerError::Internal(e.to_string())
+        use diesel::result::{DatabaseErrorKind, Error};
+        match e {
+            // Another replica won a race for the same instance.
+            DbError::Query(Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
+                BrokerError::Busy(
+                    "Another request for this instance is being handled; try again shortly.".into(),
+                )
+            }
+            e => BrokerError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -53,14 +53,41 @@ impl Supervisor {
         addr
     }
 
-    /// One pass of the timer: resume what is unfinished, start what is due.
-    fn sweep(&mut self, ctx: &mut Context<Self>) {
+    /// Starts an actor for every unfinished operation that no other replica
+    /// drives: at start-up, and after a replica died and its lease lapsed.
+    fn resume(&mut self, ctx: &mut Context<Self>) {
+        // Actors of deleted or unknown instances stop themselves; forget them.
+        self.instances.retain(|_, addr| addr.connected());
+        let store = self.deps.store.clone();
+        let replica = self.deps.config.replica.id.clone();
+        ctx.spawn(
+            async move {
+                store
+                    .read(move |c| {
+                        Box::pin(async move {
+                            queries::resumable_instance_ids(c, &replica, now()).await
+                        })
+                    })
+                    .await
+            }
+            .into_actor(self)
+            .map(|result, act, _| match result {
+                Ok(ids) => {
+                    for id in ids {
+                        act.actor(&id);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot list unfinished operations"),
+            }),
+        );
+    }
+
+    /// Starts renewals of the certificates that are due.
+    fn renew_due(&mut self, ctx: &mut Context<Self>) {
         if self.sweeping {
             return;
         }
         self.sweeping = true;
-        // Actors of deleted or unknown instances stop themselves; forget them.
-        self.instances.retain(|_, addr| addr.connected());
         let store = self.deps.store.clone();
         let renew_before_days = self.deps.config.renewal.renew_before_days;
         let horizon = now() + chrono::Duration::days(renew_before_days.into());
@@ -69,11 +96,10 @@ impl Supervisor {
                 store
                     .read(move |c| {
                         Box::pin(async move {
-                            let unfinished = queries::unfinished_instance_ids(c).await?;
                             let candidates = queries::renewal_candidates(c, horizon).await?;
                             let renewing =
                                 queries::count_running(c, Action::Renew.as_str()).await?;
-                            Ok::<_, DbError>((unfinished, candidates, renewing))
+                            Ok::<_, DbError>((candidates, renewing))
                         })
                     })
                     .await
@@ -81,15 +107,10 @@ impl Supervisor {
             .into_actor(self)
             .map(move |result, act, ctx| {
                 act.sweeping = false;
-                let (unfinished, candidates, renewing) = match result {
+                let (candidates, renewing) = match result {
                     Ok(found) => found,
                     Err(e) => return tracing::error!(error = %e, "renewal sweep failed"),
                 };
-                // An actor that died mid-operation is started again; a live
-                // one is left alone.
-                for id in unfinished {
-                    act.actor(&id);
-                }
                 let due: Vec<String> = candidates
                     .into_iter()
                     .filter_map(|(id, issued, expires)| {
@@ -149,11 +170,16 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // At start: resume every unfinished operation and renew what is due;
-        // then again at every interval.
-        self.sweep(ctx);
+        // At start, then on timers: resume unfinished operations (often
+        // enough to take over a dead replica's work soon after its lease
+        // lapses), and renew what is due.
+        self.resume(ctx);
+        self.renew_due(ctx);
+        ctx.run_interval(self.deps.config.replica.lease / 2, |act, ctx| {
+            act.resume(ctx)
+        });
         let interval = self.deps.config.renewal.check_interval;
-        ctx.run_interval(interval, |act, ctx| act.sweep(ctx));
+        ctx.run_interval(interval, |act, ctx| act.renew_due(ctx));
     }
 }
 

@@ -15,6 +15,8 @@ use crate::config::DatabaseUrl;
 
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+/// The PostgreSQL advisory lock held while migrating ("dbmg").
+const MIGRATION_LOCK: i64 = 0x6462_6d67;
 
 /// The embedded backend, run on a blocking thread behind an async face.
 pub type AsyncSqliteConnection = SyncConnectionWrapper<SqliteConnection>;
@@ -103,6 +105,12 @@ pub async fn migrate(url: &DatabaseUrl) -> Result<Vec<String>, DbError> {
                 >;
                 let mut conn = <SyncPg as diesel::Connection>::establish(&url)
                     .map_err(|e| DbError::Connect(e.to_string()))?;
+                // Replicas starting together take turns; the lock ends with
+                // the connection.
+                diesel::connection::SimpleConnection::batch_execute(
+                    &mut conn,
+                    &format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"),
+                )?;
                 run(&mut conn, POSTGRES_MIGRATIONS)?
             }
             DatabaseUrl::Sqlite(path) => {

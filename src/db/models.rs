@@ -52,6 +52,8 @@ pub struct InstanceRow {
     pub current_certificate_id: Option<String>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<NaiveDateTime>,
 }
 
 #[derive(Queryable, Selectable, Insertable, Clone, Debug, PartialEq)]
@@ -150,4 +152,15 @@ pub struct BindingRow {
     pub parameters: String,
     pub certificate_id: String,
     pub created_at: NaiveDateTime,
+}
+
+#[derive(Queryable, Selectable, Insertable, Clone, Debug, PartialEq)]
+#[diesel(table_name = operation_steps)]
+pub struct StepRunRow {
+    pub id: String,
+    pub operation_id: String,
+    pub step: String,
+    pub replica: String,
+    pub started_at: NaiveDateTime,
+    pub finished_at: Option<NaiveDateTime>,
 }

@@ -42,14 +42,96 @@ pub async fn latest_operation(
         .optional()?)
 }
 
-/// Instances whose operation has not finished: the Supervisor resumes them.
-pub async fn unfinished_instance_ids(conn: &mut Conn) -> Result<Vec<String>, DbError> {
+/// Instances whose operation has not finished and that no other replica
+/// drives (no lease, an expired one, or ours): the Supervisor resumes them.
+pub async fn resumable_instance_ids(
+    conn: &mut Conn,
+    replica: &str,
+    at: NaiveDateTime,
+) -> Result<Vec<String>, DbError> {
     Ok(operations::table
+        .inner_join(service_instances::table)
         .filter(operations::state.eq(operation_state::IN_PROGRESS))
+        .filter(
+            service_instances::lease_owner
+                .is_null()
+                .or(service_instances::lease_owner.eq(replica))
+                .or(service_instances::lease_expires_at.lt(at)),
+        )
         .select(operations::instance_id)
         .distinct()
         .load(conn)
         .await?)
+}
+
+/// Takes or extends the lease on an instance's pipeline. `false`: another
+/// replica holds it. With `exclusive` (one broker on the database) any
+/// earlier holder is a previous life of this broker.
+pub async fn acquire_lease(
+    conn: &mut Conn,
+    instance_id: &str,
+    replica: &str,
+    until: NaiveDateTime,
+    exclusive: bool,
+) -> Result<bool, DbError> {
+    let at = now();
+    let target = service_instances::table.find(instance_id);
+    let set = (
+        service_instances::lease_owner.eq(Some(replica)),
+        service_instances::lease_expires_at.eq(Some(until)),
+    );
+    let updated = if exclusive {
+        diesel::update(target).set(set).execute(conn).await?
+    } else {
+        diesel::update(
+            target.filter(
+                service_instances::lease_owner
+                    .is_null()
+                    .or(service_instances::lease_owner.eq(replica))
+                    .or(service_instances::lease_expires_at.lt(at)),
+            ),
+        )
+        .set(set)
+        .execute(conn)
+        .await?
+    };
+    Ok(updated == 1)
+}
+
+/// Gives the lease back, if this replica holds it.
+pub async fn release_lease(
+    conn: &mut Conn,
+    instance_id: &str,
+    replica: &str,
+) -> Result<(), DbError> {
+    diesel::update(
+        service_instances::table
+            .find(instance_id)
+            .filter(service_instances::lease_owner.eq(replica)),
+    )
+    .set((
+        service_instances::lease_owner.eq(None::<String>),
+        service_instances::lease_expires_at.eq(None::<chrono::NaiveDateTime>),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn insert_step_run(conn: &mut Conn, run: &StepRunRow) -> Result<(), DbError> {
+    diesel::insert_into(operation_steps::table)
+        .values(run)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn finish_step_run(conn: &mut Conn, id: &str) -> Result<(), DbError> {
+    diesel::update(operation_steps::table.find(id))
+        .set(operation_steps::finished_at.eq(Some(now())))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Of `domains`, those held by a live instance other than `instance_id`.
@@ -130,6 +212,12 @@ pub async fn purge_instance(conn: &mut Conn, id: &str) -> Result<(), DbError> {
     diesel::delete(dns_records::table.filter(dns_records::instance_id.eq(id)))
         .execute(conn)
         .await?;
+    let ops = operations::table
+        .filter(operations::instance_id.eq(id))
+        .select(operations::id);
+    diesel::delete(operation_steps::table.filter(operation_steps::operation_id.eq_any(ops)))
+        .execute(conn)
+        .await?;
     diesel::delete(operations::table.filter(operations::instance_id.eq(id)))
         .execute(conn)
         .await?;
@@ -152,7 +240,15 @@ pub async fn create_instance(
     if !taken.is_empty() {
         return Ok(Err(taken));
     }
-    purge_instance(conn, &instance.id).await?;
+    // Only a tombstone is replaced; a live row means the caller's view was
+    // stale (another replica created it), and the unique key refuses it.
+    let tombstone = super::models::instance_state::DEPROVISIONED;
+    if self::instance(conn, &instance.id)
+        .await?
+        .is_some_and(|i| i.state == tombstone)
+    {
+        purge_instance(conn, &instance.id).await?;
+    }
     diesel::insert_into(service_instances::table)
         .values(instance)
         .execute(conn)

@@ -23,6 +23,8 @@ diesel::table! {
         current_certificate_id -> Nullable<Text>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<Timestamp>,
     }
 }
 
@@ -47,6 +49,17 @@ diesel::table! {
         request -> Text,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        finished_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    operation_steps (id) {
+        id -> Text,
+        operation_id -> Text,
+        step -> Text,
+        replica -> Text,
+        started_at -> Timestamp,
         finished_at -> Nullable<Timestamp>,
     }
 }
@@ -108,6 +121,7 @@ diesel::table! {
 
 diesel::joinable!(instance_domains -> service_instances (instance_id));
 diesel::joinable!(operations -> service_instances (instance_id));
+diesel::joinable!(operation_steps -> operations (operation_id));
 diesel::joinable!(certificates -> service_instances (instance_id));
 diesel::joinable!(challenges -> certificates (certificate_id));
 diesel::joinable!(dns_records -> service_instances (instance_id));
@@ -118,6 +132,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     service_instances,
     instance_domains,
     operations,
+    operation_steps,
     certificates,
     challenges,
     dns_records,

@@ -4,13 +4,16 @@
 
 mod certificate;
 mod cleanup;
+mod lease;
 
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::db::models::{InstanceRow, OperationRow, instance_state, now, operation_state};
+use crate::db::models::{
+    InstanceRow, OperationRow, StepRunRow, instance_state, now, operation_state,
+};
 use crate::db::{DbError, queries};
 use crate::deps::Deps;
 use crate::domain::{Action, Plan};
@@ -114,17 +117,49 @@ fn plan_of(instance: &InstanceRow) -> Plan {
         .unwrap_or(Plan::Certificate)
 }
 
-/// Runs the operation's next step once, records the result, and returns
-/// the rows as they now stand. The caller waits for `next_attempt_at`.
+/// What one call of `advance` came to.
+pub enum Advanced {
+    /// The rows as they now stand.
+    Progressed(Box<(InstanceRow, OperationRow)>),
+    /// Another replica drives this instance now.
+    NotOurs,
+}
+
+/// Runs the operation's next step once, under the instance's lease, records
+/// the result, and returns the rows as they now stand. The caller waits for
+/// `next_attempt_at`.
 pub async fn advance(
     deps: Deps,
     instance: InstanceRow,
     op: OperationRow,
-) -> Result<(InstanceRow, OperationRow), DbError> {
+) -> Result<Advanced, DbError> {
+    let _running = deps.lifecycle.step_started();
+    let instance_id = instance.id.clone();
+    let op_id = op.id.clone();
+    match lease::with_lease(&deps, &instance_id, run_next_step(&deps, instance, op)).await? {
+        None => return Ok(Advanced::NotOurs),
+        Some(result) => result?,
+    }
+    let (instance, op) = reload(&deps, &instance_id, &op_id).await?;
+    if !op.in_progress() {
+        // Finished here, or overtaken by an operation another replica
+        // started: either way this replica is done with the instance.
+        lease::release(&deps, &instance_id).await?;
+    } else if !lease::hold_until(&deps, &instance_id, op.next_attempt_at).await? {
+        return Ok(Advanced::NotOurs);
+    }
+    Ok(Advanced::Progressed(Box::new((instance, op))))
+}
+
+async fn run_next_step(
+    deps: &Deps,
+    instance: InstanceRow,
+    op: OperationRow,
+) -> Result<(), DbError> {
+    let deps = deps.clone();
     let action = Action::parse(&op.kind).unwrap_or(Action::Provision);
     let plan = plan_of(&instance);
     let table = steps(plan, action);
-    let _running = deps.lifecycle.step_started();
     let index = op.next_step.max(0) as usize;
     let op_id = op.id.clone();
     if let Some(step) = table.get(index) {
@@ -134,6 +169,7 @@ pub async fn advance(
             instance: instance.clone(),
             operation: op.clone(),
         };
+        let run_id = record_step_start(&deps, &op.id, step.name).await?;
         let run = tracing::Instrument::instrument((step.run)(ctx.clone()), span.clone());
         let result = tokio::time::timeout(STEP_DEADLINE, run)
             .await
@@ -143,6 +179,7 @@ pub async fn advance(
                     STEP_DEADLINE.as_secs()
                 )))
             });
+        record_step_end(&deps, run_id).await?;
         let (next_step, attempts, delay, description, error, failed) = match result {
             Ok(StepOutcome::Done) => (index + 1, 0, Duration::ZERO, None, None, None),
             // The wait is this step's doing: keep saying so until it is over.
@@ -213,7 +250,34 @@ pub async fn advance(
     } else {
         finish(&deps, &instance, &op, action, Ok(())).await?;
     }
-    reload(&deps, &instance.id, &op_id).await
+    Ok(())
+}
+
+/// Notes which replica runs which step of which operation, and when.
+async fn record_step_start(deps: &Deps, operation_id: &str, step: &str) -> Result<String, DbError> {
+    let run = StepRunRow {
+        id: crate::db::models::new_id(),
+        operation_id: operation_id.to_string(),
+        step: step.to_string(),
+        replica: deps.config.replica.id.clone(),
+        started_at: now(),
+        finished_at: None,
+    };
+    let id = run.id.clone();
+    deps.store
+        .write("insert_step_run", move |c| {
+            Box::pin(async move { queries::insert_step_run(c, &run).await })
+        })
+        .await?;
+    Ok(id)
+}
+
+async fn record_step_end(deps: &Deps, run_id: String) -> Result<(), DbError> {
+    deps.store
+        .write("finish_step_run", move |c| {
+            Box::pin(async move { queries::finish_step_run(c, &run_id).await })
+        })
+        .await
 }
 
 async fn reload(

@@ -2,96 +2,14 @@
 //! of a provision and started again finishes it, with one ACME account and no
 //! record left behind.
 
-use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::both_backends;
 use crate::helpers::*;
-
-struct BrokerProcess {
-    child: Child,
-}
-
-impl BrokerProcess {
-    fn start(vars: &HashMap<String, String>) -> BrokerProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_domain-broker"))
-            .arg("serve")
-            .env_clear()
-            .envs(vars)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("broker binary starts");
-        BrokerProcess { child }
-    }
-
-    /// Sends `signal` (`KILL`, `TERM`) and waits for the process to end.
-    fn stop(mut self, signal: &str) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args([&format!("-{signal}"), &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Talks to a broker process over HTTP.
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    user: String,
-    password: String,
-}
-
-impl Client {
-    fn new(addr: &str, vars: &HashMap<String, String>) -> Client {
-        Client {
-            http: reqwest::Client::new(),
-            base: format!("http://{addr}/v2/service_instances"),
-            user: vars["BROKER_USERNAME"].clone(),
-            password: vars["BROKER_PASSWORD"].clone(),
-        }
-    }
-
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}/{path}", self.base))
-            .basic_auth(&self.user, Some(&self.password))
-            .header("X-Broker-API-Version", "2.17")
-    }
-
-    /// The latest operation, or `None` while the broker does not answer.
-    async fn last_operation(&self, id: &str) -> Option<Value> {
-        let res = self
-            .request(reqwest::Method::GET, &format!("{id}/last_operation"))
-            .send()
-            .await
-            .ok()?;
-        res.json().await.ok()
-    }
-}
+use crate::process::*;
 
 /// Stops the broker with `signal` while a provision waits between "TXT
 /// written" and "challenges answered", starts it again, and checks that the
@@ -227,17 +145,6 @@ fn command_line() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("DATABASE_ENCRYPTION_KEY"), "{stderr}");
-}
-
-async fn wait_until_listening(addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the broker did not start listening on {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Two brokers on one SQLite file would drive the same instances twice:

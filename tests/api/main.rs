@@ -6,4 +6,6 @@ mod crash;
 mod helpers;
 mod lifecycle;
 mod osb;
+mod process;
 mod renewal;
+mod replicas;

@@ -556,6 +556,8 @@ async fn edge_plan_instances_are_not_bindable(backend: Backend) {
         current_certificate_id: None,
         created_at: now,
         updated_at: now,
+        lease_owner: None,
+        lease_expires_at: None,
     };
     let mut conn = app.pool.get().await.unwrap();
     diesel::insert_into(service_instances::table)
