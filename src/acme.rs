@@ -358,6 +358,29 @@ async fn why_invalid(order: &mut Order) -> String {
     }
 }
 
+/// How long a rate-limited request must wait. instant-acme keeps the
+/// Retry-After header to itself on errors, so this reads the time Let's
+/// Encrypt writes into the problem ("..., retry after 2024-06-07 04:06:03
+/// UTC: see ..."); without one, an hour.
+pub fn rate_limit_wait(detail: &str, now: NaiveDateTime) -> std::time::Duration {
+    const DEFAULT: std::time::Duration = std::time::Duration::from_secs(3600);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+    let Some(start) = detail
+        .find("retry after ")
+        .map(|i| i + "retry after ".len())
+    else {
+        return DEFAULT;
+    };
+    let text = detail[start..].get(..19).unwrap_or_default();
+    match NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S") {
+        Ok(at) => (at - now)
+            .to_std()
+            .unwrap_or_default()
+            .clamp(std::time::Duration::from_secs(1), MAX),
+        Err(_) => DEFAULT,
+    }
+}
+
 /// A fresh ECDSA P-256 key, PKCS#8 PEM.
 pub fn new_private_key_pem() -> String {
     rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
@@ -403,4 +426,50 @@ pub fn parse_chain(pem: &str) -> Result<IssuedChain, String> {
         chain_pem,
         expires_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> NaiveDateTime {
+        NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S").unwrap()
+    }
+
+    #[test]
+    fn rate_limits_are_waited_out() {
+        let detail = "too many certificates (5) already issued for this exact set of domains in \
+                      the last 168h0m0s, retry after 2024-06-07 04:06:03 UTC: see \
+                      https://letsencrypt.org/docs/rate-limits/";
+        let wait = rate_limit_wait(detail, at("2024-06-07 03:06:03"));
+        assert_eq!(wait, std::time::Duration::from_secs(3600));
+        let wait = rate_limit_wait(detail, at("2024-06-07 04:06:00"));
+        assert_eq!(wait, std::time::Duration::from_secs(3));
+        // Already past, unreadable or absent: never hammer.
+        assert_eq!(
+            rate_limit_wait(detail, at("2024-06-08 00:00:00")),
+            std::time::Duration::from_secs(1)
+        );
+        assert_eq!(
+            rate_limit_wait("slow down", at("2024-06-07 00:00:00")),
+            std::time::Duration::from_secs(3600)
+        );
+        assert_eq!(
+            rate_limit_wait("retry after soon", at("2024-06-07 00:00:00")),
+            std::time::Duration::from_secs(3600)
+        );
+    }
+
+    #[test]
+    fn rate_limited_problems_are_recognized() {
+        let problem: instant_acme::Problem = serde_json::from_value(serde_json::json!({
+            "type": "urn:ietf:params:acme:error:rateLimited",
+            "detail": "retry after 2024-06-07 04:06:03 UTC",
+            "status": 429
+        }))
+        .unwrap();
+        let error = AcmeError::from(instant_acme::Error::Api(problem));
+        assert!(matches!(error, AcmeError::RateLimited(_)), "{error}");
+        assert!(!error.is_permanent());
+    }
 }

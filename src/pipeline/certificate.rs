@@ -72,10 +72,12 @@ pub const ISSUE_AND_ACTIVATE: &[Step] = &[
 
 impl From<AcmeError> for StepError {
     fn from(e: AcmeError) -> Self {
-        if e.is_permanent() {
-            StepError::Fail(e.to_string())
-        } else {
-            StepError::Retry(e.to_string())
+        match &e {
+            AcmeError::RateLimited(detail) => {
+                StepError::RetryAfter(crate::acme::rate_limit_wait(detail, now()), e.to_string())
+            }
+            e if e.is_permanent() => StepError::Fail(e.to_string()),
+            e => StepError::Retry(e.to_string()),
         }
     }
 }

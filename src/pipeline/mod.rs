@@ -39,6 +39,9 @@ pub enum StepOutcome {
 pub enum StepError {
     /// Worth another attempt after a back-off.
     Retry(String),
+    /// The peer asked us to wait this long (a CA's rate limit): no attempt
+    /// is spent, and nothing is asked of it before then.
+    RetryAfter(Duration, String),
     /// The operation cannot succeed; the sentence tells the user why.
     Fail(String),
 }
@@ -187,6 +190,17 @@ async fn run_next_step(
                 (index + 1, 0, d, Some(step.description), None, None)
             }
             Ok(StepOutcome::Poll(d)) => (index, op.attempts, d, Some(step.description), None, None),
+            Err(StepError::RetryAfter(wait, msg)) => {
+                tracing::warn!(parent: &span, error = %msg, wait_seconds = wait.as_secs(), "asked to wait; will retry then");
+                (
+                    index,
+                    op.attempts,
+                    wait,
+                    Some(step.description),
+                    Some(msg),
+                    None,
+                )
+            }
             Err(StepError::Retry(msg)) if op.attempts + 1 < step.max_attempts => {
                 tracing::warn!(parent: &span, error = %msg, attempt = op.attempts + 1, "step failed; will retry");
                 let delay = backoff(op.attempts);

@@ -177,3 +177,77 @@ async fn second_broker_on_one_sqlite_file_is_refused() {
     );
     assert!(stderr.contains("PostgreSQL"), "{stderr}");
 }
+
+/// Fifty provisions at once, and the broker killed with SIGKILL ten times
+/// while they run, started again each time: all end succeeded, with one ACME
+/// account and no DNS record but those of live instances.
+async fn fifty_provisions_survive_ten_kills(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database(backend, dir.path()).await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let vars = broker_env(
+        &database_url,
+        &[("BROKER_ADDR", &addr), ("DNS_PROPAGATION_SLEEP_TIME", "1")],
+    );
+    let client = Client::new(&addr, &vars);
+    let mut broker = BrokerProcess::start(&vars);
+    wait_until_listening(&addr).await;
+    let (mut ids, mut domains) = (Vec::new(), Vec::new());
+    for n in 0..50 {
+        let id = format!("many-{n}-{}", random_label());
+        let domain = delegated_domain().await;
+        let res = client
+            .request(
+                reqwest::Method::PUT,
+                &format!("{id}?accepts_incomplete=true"),
+            )
+            .json(&provision_body(&domain))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+        ids.push(id);
+        domains.push(domain);
+    }
+    // Kill points spread over the whole run, at uneven moments.
+    for pause_ms in [150, 400, 250, 700, 300, 550, 200, 650, 350, 500] {
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        broker.stop("KILL");
+        broker = BrokerProcess::start(&vars);
+        wait_until_listening(&addr).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for id in &ids {
+        loop {
+            if let Some(body) = client.last_operation(id).await {
+                if body["state"] == "succeeded" {
+                    break;
+                }
+                assert_ne!(body["state"], "failed", "{id}: {body}");
+            }
+            assert!(Instant::now() < deadline, "{id} did not finish");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    drop(broker);
+    let pool = domain_broker::db::pool(&database_url, 1).await.unwrap();
+    assert_eq!(
+        count_rows(&pool, "acme_accounts").await,
+        1,
+        "a second ACME account was made"
+    );
+    assert_eq!(
+        count_rows(&pool, "dns_records").await,
+        0,
+        "records left behind"
+    );
+    assert_eq!(count_rows(&pool, "service_instances").await, 50);
+    for domain in &domains {
+        assert!(
+            txt_values(&challenge_txt_name(domain)).is_empty(),
+            "{domain}: record left in DNS"
+        );
+    }
+}
+
+both_backends!(fifty_provisions_survive_ten_kills);
