@@ -177,7 +177,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         };
         parse(raw.trim()).ok_or_else(|| ConfigError {
             name,
-            problem: format!("is malformed ({raw:?}): expected {what}"),
+            problem: format!("is malformed ({}): expected {what}", shown(name, &raw)),
         })
     }
 
@@ -347,6 +347,25 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     }
 }
 
+/// Settings whose values must never reach a log, even when malformed.
+const SECRETS: &[&str] = &[
+    "DATABASE_ENCRYPTION_KEY",
+    "RFC2136_TSIG_SECRET",
+    "BROKER_PASSWORD",
+];
+
+/// A malformed value as an error message may show it: secrets by length
+/// only, URLs without what follows the scheme (it may hold a password).
+fn shown(name: &str, raw: &str) -> String {
+    if SECRETS.contains(&name) {
+        format!("a value of {} characters, not shown", raw.chars().count())
+    } else if let Some((scheme, _)) = raw.split_once("://") {
+        format!("{scheme}://..., rest not shown")
+    } else {
+        format!("{raw:?}")
+    }
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -402,7 +421,7 @@ mod tests {
             assert_eq!(err.name, *name, "{err}");
         }
         for (name, bad) in [
-            ("DATABASE_URL", "mysql://x"),
+            ("DATABASE_URL", "mysql://user:hunter2@db/x"),
             ("DATABASE_ENCRYPTION_KEY", "c2hvcnQ="),
             ("DNS_PROPAGATION_SLEEP_TIME", "soon"),
             ("BROKER_ADDR", "nope"),
@@ -420,7 +439,17 @@ mod tests {
             let err = env(&pairs).config().unwrap_err();
             assert_eq!(err.name, name, "{err}");
             assert!(err.to_string().contains("malformed"), "{err}");
+            if SECRETS.contains(&name) {
+                assert!(!err.to_string().contains(bad), "{err} shows the secret");
+            }
         }
+    }
+
+    #[test]
+    fn malformed_urls_keep_their_passwords() {
+        let pairs = [GOOD, &[("DATABASE_URL", "mysql://user:hunter2@db/x")]].concat();
+        let err = env(&pairs).config().unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

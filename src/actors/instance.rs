@@ -46,6 +46,7 @@ atomic_handler!(Deprovision, String, deprovision);
 atomic_handler!(Bind, BindOutcome, bind);
 atomic_handler!(Unbind, (), unbind);
 atomic_handler!(Renew, Option<String>, renew);
+atomic_handler!(Wake, (), wake);
 
 pub struct InstanceActor {
     id: String,
@@ -105,8 +106,12 @@ impl InstanceActor {
                 match result {
                     Ok(pipeline::Advanced::Progressed(rows)) => {
                         let (instance, op) = *rows;
-                        act.instance = Some(instance);
-                        act.operation = Some(op);
+                        // A request may have started a newer operation while
+                        // this step was recorded: keep what it wrote.
+                        if act.operation.as_ref().is_some_and(|o| o.id == op.id) {
+                            act.instance = Some(instance);
+                            act.operation = Some(op);
+                        }
                         act.drive(ctx);
                         act.stop_if_idle(ctx);
                     }
@@ -293,6 +298,9 @@ impl InstanceActor {
             return match (self.running_operation(), existing.state.as_str()) {
                 (Some(op), _) if op.kind == Action::Provision.as_str() => {
                     done(Ok(accepted(op.id.clone())))
+                }
+                (Some(op), instance_state::PROVISIONED) if op.kind == Action::Renew.as_str() => {
+                    done(Ok(ProvisionOutcome::AlreadyProvisioned))
                 }
                 (Some(op), _) => fail(busy(op)),
                 (None, instance_state::PROVISIONED) => {
@@ -721,5 +729,22 @@ impl InstanceActor {
             self.start(instance_state::PROVISIONED, op)
                 .map(|result, _, _| result.map(Some)),
         )
+    }
+}
+
+/// Sent by the Supervisor for an instance with an unfinished operation: the
+/// actor reloads (done by every handler) and drives it, unless it already is.
+#[derive(Message)]
+#[rtype(result = "Result<(), BrokerError>")]
+pub struct Wake;
+
+impl InstanceActor {
+    fn wake(
+        &mut self,
+        _: Wake,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<(), BrokerError>> {
+        self.drive(ctx);
+        done(Ok(()))
     }
 }

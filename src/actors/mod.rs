@@ -7,7 +7,7 @@ pub mod supervisor;
 
 pub use instance::{
     Bind, BindOutcome, Deprovision, InstanceActor, Provision, ProvisionOutcome, Renew, Unbind,
-    Update, UpdateOutcome,
+    Update, UpdateOutcome, Wake,
 };
 pub use store::{Store, StoreActor};
 pub use supervisor::{Route, Supervisor};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use rand::Rng;
 
-use super::{BrokerError, InstanceActor, Renew};
+use super::{BrokerError, InstanceActor, Renew, Wake};
 use crate::db::models::now;
 use crate::db::{DbError, queries};
 use crate::deps::Deps;
@@ -74,7 +74,9 @@ impl Supervisor {
             .map(|result, act, _| match result {
                 Ok(ids) => {
                     for id in ids {
-                        act.actor(&id);
+                        // A new actor drives at start; a running one is asked
+                        // to, in case it missed the operation.
+                        act.actor(&id).do_send(Wake);
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "cannot list unfinished operations"),

@@ -55,7 +55,9 @@ impl From<bb8::RunError<diesel_async::pooled_connection::PoolError>> for DbError
 
 // WAL lets readers run beside the one writer; the busy timeout covers the
 // short moments when SQLite still takes a lock (checkpoints, a second process).
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+// FULL: a commit (say, a DNS record listed before it is written) survives a
+// power cut, not only a crash of the process.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
      PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
 
 async fn establish(url: DatabaseUrl) -> diesel::ConnectionResult<DbConnection> {

@@ -35,7 +35,13 @@ pub async fn latest_operation(
 ) -> Result<Option<OperationRow>, DbError> {
     Ok(operations::table
         .filter(operations::instance_id.eq(instance_id))
-        .order((operations::created_at.desc(), operations::id.desc()))
+        // The running one, if any, whatever the clocks of the replicas that
+        // stamped them.
+        .order((
+            operations::state.eq(operation_state::IN_PROGRESS).desc(),
+            operations::created_at.desc(),
+            operations::id.desc(),
+        ))
         .select(OperationRow::as_select())
         .first(conn)
         .await
@@ -341,17 +347,21 @@ pub async fn record_progress(
     description: &str,
     last_error: Option<&str>,
 ) -> Result<(), DbError> {
-    diesel::update(operations::table.find(operation_id))
-        .set((
-            operations::next_step.eq(next_step),
-            operations::attempts.eq(attempts),
-            operations::next_attempt_at.eq(next_attempt_at),
-            operations::description.eq(description),
-            operations::last_error.eq(last_error),
-            operations::updated_at.eq(now()),
-        ))
-        .execute(conn)
-        .await?;
+    diesel::update(
+        operations::table
+            .find(operation_id)
+            .filter(operations::state.eq(operation_state::IN_PROGRESS)),
+    )
+    .set((
+        operations::next_step.eq(next_step),
+        operations::attempts.eq(attempts),
+        operations::next_attempt_at.eq(next_attempt_at),
+        operations::description.eq(description),
+        operations::last_error.eq(last_error),
+        operations::updated_at.eq(now()),
+    ))
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -362,15 +372,20 @@ pub async fn finish_operation(
     description: &str,
 ) -> Result<(), DbError> {
     let now = now();
-    diesel::update(operations::table.find(operation_id))
-        .set((
-            operations::state.eq(state),
-            operations::description.eq(description),
-            operations::updated_at.eq(now),
-            operations::finished_at.eq(Some(now)),
-        ))
-        .execute(conn)
-        .await?;
+    // Only a running operation ends; one already ended stays as it ended.
+    diesel::update(
+        operations::table
+            .find(operation_id)
+            .filter(operations::state.eq(operation_state::IN_PROGRESS)),
+    )
+    .set((
+        operations::state.eq(state),
+        operations::description.eq(description),
+        operations::updated_at.eq(now),
+        operations::finished_at.eq(Some(now)),
+    ))
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

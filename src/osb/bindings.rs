@@ -47,9 +47,15 @@ async fn render(
         .decrypt(key)
         .map_err(|e| BrokerError::Internal(e.to_string()))?;
     let expires_at = DateTime::<Utc>::from_naive_utc_and_offset(expires, Utc);
-    // When the broker renews it: a binding should be refreshed after that.
+    // By then the broker has renewed it: its sweep finds the certificate due
+    // within one check interval, starts within the jitter, and an hour is
+    // ample to issue. A binding fetched after this gets the new certificate.
+    let renewal = &state.deps.config.renewal;
+    let settled = chrono::Duration::from_std(renewal.check_interval + renewal.jitter)
+        .unwrap_or_default()
+        + chrono::Duration::hours(1);
     let renew_before = DateTime::<Utc>::from_naive_utc_and_offset(
-        renew_at(issued, expires, state.deps.config.renewal.renew_before_days),
+        (renew_at(issued, expires, renewal.renew_before_days) + settled).min(expires),
         Utc,
     );
     let chain = cert.chain_pem.clone().unwrap_or_default();

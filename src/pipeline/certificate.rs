@@ -57,15 +57,15 @@ pub const ISSUE_AND_ACTIVATE: &[Step] = &[
         max_attempts: 6,
     },
     Step {
-        name: "remove_txt_records",
-        description: "Removing the DNS challenge records",
-        run: |ctx| remove_txt_records(ctx).boxed(),
-        max_attempts: 6,
-    },
-    Step {
         name: "install_certificate",
         description: "Installing the new certificate",
         run: |ctx| install_certificate(ctx).boxed(),
+        max_attempts: 6,
+    },
+    Step {
+        name: "remove_txt_records",
+        description: "Removing the DNS challenge records",
+        run: |ctx| remove_txt_records(ctx).boxed(),
         max_attempts: 6,
     },
 ];
@@ -343,8 +343,13 @@ pub async fn remove_records(
     Ok(())
 }
 
+/// After the certificate is in place, so that a DNS outage now cannot cost
+/// an issued certificate: records that cannot be removed stay listed, and
+/// the next removal (the instance's deprovision at the latest) takes them.
 async fn remove_txt_records(ctx: StepContext) -> StepResult {
-    remove_challenge_records(&ctx).await?;
+    if let Err(e) = remove_challenge_records(&ctx).await {
+        tracing::warn!(error = ?e, "challenge records stay listed for a later clean-up");
+    }
     Ok(StepOutcome::Done)
 }
 

@@ -160,6 +160,12 @@ async fn run_next_step(
     op: OperationRow,
 ) -> Result<(), DbError> {
     let deps = deps.clone();
+    // Under the lease, the stored operation is the truth: another replica or
+    // a request may have ended it while this actor waited.
+    let (instance, op) = match reload(&deps, &instance.id, &op.id).await? {
+        (i, o) if o.in_progress() && o.next_step == op.next_step => (i, o),
+        _ => return Ok(()),
+    };
     let action = Action::parse(&op.kind).unwrap_or(Action::Provision);
     let plan = plan_of(&instance);
     let table = steps(plan, action);
