@@ -39,18 +39,18 @@ pub enum StartupError {
     Dns(String),
 }
 
-pub struct Application {
-    pub port: u16,
-    pub deps: Deps,
-    server: Server,
+/// The broker without its HTTP listener: store, actors and handler state.
+/// Benchmarks drive it through an in-process service.
+pub struct Broker {
+    pub state: web::Data<AppState>,
     /// Held for the life of the broker (SQLite only).
-    _replica_lock: Option<std::fs::File>,
+    pub replica_lock: Option<std::fs::File>,
 }
 
-impl Application {
-    /// Applies pending migrations, starts the actors, and binds the listener.
-    /// Must run inside an actix system.
-    pub async fn build(config: Config) -> Result<Application, StartupError> {
+impl Broker {
+    /// Applies pending migrations and starts the actors. Must run inside an
+    /// actix system.
+    pub async fn start(config: Config) -> Result<Broker, StartupError> {
         catalog::validate(&catalog::catalog_json(17)).map_err(StartupError::Catalog)?;
         let replica_lock = db::lock_single_replica(&config.database_url)?;
         let applied = db::migrate(&config.database_url).await?;
@@ -69,12 +69,6 @@ impl Application {
         let dns =
             ChallengeRecords::new(&config.dns).map_err(|e| StartupError::Dns(e.to_string()))?;
         let cname = CnameChecker::new(&config.dns);
-        let listen_err = |source| StartupError::Listen {
-            addr: config.addr.clone(),
-            source,
-        };
-        let listener = TcpListener::bind(&config.addr).map_err(listen_err)?;
-        let port = listener.local_addr().map_err(listen_err)?.port();
         let deps = Deps {
             config: Arc::new(config.clone()),
             store,
@@ -88,15 +82,47 @@ impl Application {
         let state = web::Data::new(AppState {
             username: config.username.clone(),
             password: config.password.clone(),
-            deps: deps.clone(),
+            deps,
             supervisor,
         });
+        Ok(Broker {
+            state,
+            replica_lock,
+        })
+    }
+}
+
+/// The routes with their shared state and limits, for `App::configure`.
+pub fn routes(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
+    cfg.app_data(state)
+        .app_data(web::PayloadConfig::new(256 * 1024))
+        .configure(osb::routes);
+}
+
+pub struct Application {
+    pub port: u16,
+    pub deps: Deps,
+    server: Server,
+    /// Held for the life of the broker (SQLite only).
+    _replica_lock: Option<std::fs::File>,
+}
+
+impl Application {
+    /// Applies pending migrations, starts the actors, and binds the listener.
+    /// Must run inside an actix system.
+    pub async fn build(config: Config) -> Result<Application, StartupError> {
+        let listen_err = |source| StartupError::Listen {
+            addr: config.addr.clone(),
+            source,
+        };
+        let listener = TcpListener::bind(&config.addr).map_err(listen_err)?;
+        let port = listener.local_addr().map_err(listen_err)?.port();
+        let broker = Broker::start(config.clone()).await?;
+        let state = broker.state.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(TracingLogger::default())
-                .app_data(state.clone())
-                .app_data(web::PayloadConfig::new(256 * 1024))
-                .configure(osb::routes)
+                .configure(|cfg| routes(cfg, state.clone()))
         })
         .shutdown_timeout(REQUEST_GRACE_SECONDS)
         .listen(listener)
@@ -105,9 +131,9 @@ impl Application {
         tracing::info!(addr = %config.addr, port, "broker listening");
         Ok(Application {
             port,
-            deps,
+            deps: broker.state.deps.clone(),
             server,
-            _replica_lock: replica_lock,
+            _replica_lock: broker.replica_lock,
         })
     }
 
