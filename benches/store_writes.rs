@@ -1,0 +1,122 @@
+//! StoreActor write throughput: many small transactions (the progress record
+//! a pipeline step writes) queued from concurrent tasks, on SQLite and
+//! PostgreSQL. Run with `./dev bench --bench store_writes`.
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use domain_broker::actors::Store;
+use domain_broker::config::DatabaseUrl;
+use domain_broker::db::{self, models, queries};
+
+const WRITES: u64 = 500;
+const TASKS: u64 = 50;
+
+async fn database(backend: &str, dir: &std::path::Path) -> DatabaseUrl {
+    if backend == "sqlite" {
+        return DatabaseUrl::Sqlite(dir.join("bench.sqlite"));
+    }
+    let server = std::env::var("TEST_POSTGRES_URL").expect("run through ./dev bench");
+    let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = AsyncPgConnection::establish(&server).await.unwrap();
+    conn.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    DatabaseUrl::Postgres(format!("{}/{name}", server.rsplit_once('/').unwrap().0))
+}
+
+/// One instance per task, each with a running operation whose progress the
+/// writes record.
+async fn setup(store: &Store) -> Vec<String> {
+    let mut ops = Vec::new();
+    for t in 0..TASKS {
+        let at = models::now();
+        let instance = models::InstanceRow {
+            id: format!("w-{t}"),
+            service_id: domain_broker::catalog::SERVICE_ID.into(),
+            plan_id: "2fd4db4f-9a61-4f5f-8ecc-4457bd823d61".into(),
+            organization_guid: "o".into(),
+            space_guid: "s".into(),
+            context: None,
+            parameters: "{}".into(),
+            domains: format!(r#"["w{t}.example.com"]"#),
+            state: "provisioning".into(),
+            current_certificate_id: None,
+            created_at: at,
+            updated_at: at,
+            lease_owner: None,
+            lease_expires_at: None,
+        };
+        let op = models::OperationRow::start(&instance.id, "provision", "bench", "{}".into());
+        ops.push(op.id.clone());
+        let domain = format!("w{t}.example.com");
+        store
+            .write("bench_setup", move |c| {
+                Box::pin(async move {
+                    queries::create_instance(c, &instance, &[&domain], &op).await.map(|_| ())
+                })
+            })
+            .await
+            .unwrap();
+    }
+    ops
+}
+
+fn store_writes(c: &mut Criterion) {
+    let system = actix_web::rt::System::new();
+    for backend in ["sqlite", "postgres"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ops) = system.block_on(async {
+            let url = database(backend, dir.path()).await;
+            db::migrate(&url).await.unwrap();
+            let store = Store::start(db::pool(&url, 8).await.unwrap());
+            let ops = setup(&store).await;
+            (store, ops)
+        });
+        let mut group = c.benchmark_group(format!("store_writes/{backend}"));
+        group.throughput(Throughput::Elements(WRITES));
+        group.measurement_time(Duration::from_secs(10));
+        group.sample_size(10);
+        group.bench_function("record_progress", |b| {
+            b.iter_custom(|iterations| {
+                system.block_on(async {
+                    let began = Instant::now();
+                    for _ in 0..iterations {
+                        let tasks: Vec<_> = (0..WRITES)
+                            .map(|n| {
+                                let store = store.clone();
+                                let op = ops[(n % TASKS) as usize].clone();
+                                actix_web::rt::spawn(async move {
+                                    store
+                                        .write("record_progress", move |c| {
+                                            Box::pin(async move {
+                                                queries::record_progress(
+                                                    c,
+                                                    &op,
+                                                    n as i32 % 9,
+                                                    0,
+                                                    models::now(),
+                                                    "Benchmarking",
+                                                    None,
+                                                )
+                                                .await
+                                            })
+                                        })
+                                        .await
+                                        .unwrap()
+                                })
+                            })
+                            .collect();
+                        for task in tasks {
+                            task.await.unwrap();
+                        }
+                    }
+                    began.elapsed()
+                })
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, store_writes);
+criterion_main!(benches);
