@@ -23,7 +23,9 @@ async fn database(backend: &str, dir: &std::path::Path) -> DatabaseUrl {
     let server = std::env::var("TEST_POSTGRES_URL").expect("run through ./dev bench");
     let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
     let mut conn = AsyncPgConnection::establish(&server).await.unwrap();
-    conn.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    conn.batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
     DatabaseUrl::Postgres(format!("{}/{name}", server.rsplit_once('/').unwrap().0))
 }
 
@@ -67,7 +69,10 @@ async fn seed(broker: &Broker) {
                     .values(instance)
                     .execute(c)
                     .await?;
-                diesel::insert_into(operations::table).values(op).execute(c).await?;
+                diesel::insert_into(operations::table)
+                    .values(op)
+                    .execute(c)
+                    .await?;
             }
             Ok::<_, diesel::result::Error>(())
         })
@@ -87,7 +92,9 @@ fn request_path(c: &mut Criterion) {
             vars.insert("BROKER_USERNAME".into(), "bench".into());
             vars.insert("BROKER_PASSWORD".into(), "bench".into());
             vars.insert("RENEWAL_CHECK_INTERVAL_SECONDS".into(), "86400".into());
-            let config = Env(|n: &str| vars.get(n).cloned()).config().expect("run through ./dev bench");
+            let config = Env(|n: &str| vars.get(n).cloned())
+                .config()
+                .expect("run through ./dev bench");
             let broker = Broker::start(config).await.unwrap();
             seed(&broker).await;
             let state = broker.state.clone();
@@ -109,7 +116,9 @@ fn request_path(c: &mut Criterion) {
                 b.iter(|| {
                     n = (n + 7919) % INSTANCES;
                     let uri = match name {
-                        "last_operation" => format!("/v2/service_instances/bench-{n}/last_operation"),
+                        "last_operation" => {
+                            format!("/v2/service_instances/bench-{n}/last_operation")
+                        }
                         "get_instance" => format!("/v2/service_instances/bench-{n}"),
                         _ => path.clone(),
                     };

@@ -20,7 +20,9 @@ async fn database(backend: &str, dir: &std::path::Path) -> DatabaseUrl {
     let server = std::env::var("TEST_POSTGRES_URL").expect("run through ./dev bench");
     let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
     let mut conn = AsyncPgConnection::establish(&server).await.unwrap();
-    conn.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    conn.batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
     DatabaseUrl::Postgres(format!("{}/{name}", server.rsplit_once('/').unwrap().0))
 }
 
@@ -52,7 +54,9 @@ async fn setup(store: &Store) -> Vec<String> {
         store
             .write("bench_setup", move |c| {
                 Box::pin(async move {
-                    queries::create_instance(c, &instance, &[&domain], &op).await.map(|_| ())
+                    queries::create_instance(c, &instance, &[&domain], &op)
+                        .await
+                        .map(|_| ())
                 })
             })
             .await

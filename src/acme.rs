@@ -107,45 +107,17 @@ pub struct AcmeClient {
 
 impl AcmeClient {
     pub fn new(config: &AcmeConfig, store: Store, cipher: Cipher) -> Result<AcmeClient, AcmeError> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
-        if let Some(path) = &config.root_cert {
-            for cert in CertificateDer::pem_file_iter(path)
-                .map_err(|e| AcmeError::Setup(format!("ACME_ROOT_CERT {}: {e}", path.display())))?
-            {
-                let cert = cert.map_err(|e| AcmeError::Setup(format!("ACME_ROOT_CERT: {e}")))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| AcmeError::Setup(format!("ACME_ROOT_CERT: {e}")))?;
-            }
-        }
         Ok(AcmeClient {
             config: config.clone(),
             store,
             cipher,
-            roots: Arc::new(roots),
+            roots: Arc::new(root_store(config)?),
             account: Mutex::new(None),
         })
     }
 
     fn http(&self) -> Box<dyn HttpClient> {
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("the default provider supports the default versions")
-        .with_root_certificates(self.roots.clone())
-        .with_no_client_auth();
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .build();
-        let client: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, BodyWrapper<Bytes>> =
-            HyperClient::builder(TokioExecutor::new()).build(https);
-        Box::new(client)
+        http_client(self.roots.clone())
     }
 
     /// The account for the configured directory: loaded from the database,
@@ -332,6 +304,43 @@ impl AcmeClient {
     }
 }
 
+/// The system's roots, plus `ACME_ROOT_CERT` when set (a test CA).
+pub fn root_store(config: &AcmeConfig) -> Result<rustls::RootCertStore, AcmeError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = &config.root_cert {
+        let fail = |e: &dyn std::fmt::Display| {
+            AcmeError::Setup(format!("ACME_ROOT_CERT {}: {e}", path.display()))
+        };
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| fail(&e))? {
+            roots
+                .add(cert.map_err(|e| fail(&e))?)
+                .map_err(|e| fail(&e))?;
+        }
+    }
+    Ok(roots)
+}
+
+/// An HTTPS client for instant-acme that trusts `roots`, over aws-lc-rs.
+pub fn http_client(roots: Arc<rustls::RootCertStore>) -> Box<dyn HttpClient> {
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("the default provider supports the default versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    let client: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, BodyWrapper<Bytes>> =
+        HyperClient::builder(TokioExecutor::new()).build(https);
+    Box::new(client)
+}
+
 /// The failed authorizations of an order: which domain, and what the CA said.
 async fn why_invalid(order: &mut Order) -> String {
     let order_problem = order.state().error.as_ref().map(|p| p.to_string());
@@ -388,7 +397,7 @@ pub fn new_private_key_pem() -> String {
         .serialize_pem()
 }
 
-fn csr_der(key_pem: &str, domains: &DomainList) -> Result<Vec<u8>, AcmeError> {
+pub fn csr_der(key_pem: &str, domains: &DomainList) -> Result<Vec<u8>, AcmeError> {
     let setup = |e: rcgen::Error| AcmeError::Setup(format!("CSR: {e}"));
     let key = rcgen::KeyPair::from_pem(key_pem).map_err(setup)?;
     let names: Vec<String> = domains.names().iter().map(|d| d.to_string()).collect();

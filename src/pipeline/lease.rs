@@ -64,6 +64,7 @@ pub async fn with_lease<F: Future>(
     work: F,
 ) -> Result<Option<F::Output>, DbError> {
     if !acquire(deps, instance_id).await? {
+        tracing::debug!(%instance_id, "lease held by another replica");
         return Ok(None);
     }
     let heartbeat = async {

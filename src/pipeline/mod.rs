@@ -164,8 +164,12 @@ async fn run_next_step(
     // a request may have ended it while this actor waited.
     let (instance, op) = match reload(&deps, &instance.id, &op.id).await? {
         (i, o) if o.in_progress() && o.next_step == op.next_step => (i, o),
-        _ => return Ok(()),
+        (_, o) => {
+            tracing::debug!(operation_id = %o.id, state = %o.state, next_step = o.next_step, "operation moved on; step skipped");
+            return Ok(());
+        }
     };
+    tracing::debug!(operation_id = %op.id, next_step = op.next_step, "running step");
     let action = Action::parse(&op.kind).unwrap_or(Action::Provision);
     let plan = plan_of(&instance);
     let table = steps(plan, action);
