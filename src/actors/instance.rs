@@ -694,12 +694,16 @@ impl InstanceActor {
 /// no longer provisioned (the next sweep looks again).
 #[derive(Message)]
 #[rtype(result = "Result<Option<String>, BrokerError>")]
-pub struct Renew;
+pub struct Renew {
+    /// The certificate found due: if it is no longer the current one (a
+    /// renewal or update replaced it meanwhile), there is nothing to do.
+    pub certificate_id: String,
+}
 
 impl InstanceActor {
     fn renew(
         &mut self,
-        _: Renew,
+        renew: Renew,
         _: &mut Context<Self>,
     ) -> ResponseActFuture<Self, Result<Option<String>, BrokerError>> {
         let Some(instance) = self.live_instance() else {
@@ -707,7 +711,7 @@ impl InstanceActor {
         };
         if self.running_operation().is_some()
             || instance.state != instance_state::PROVISIONED
-            || instance.current_certificate_id.is_none()
+            || instance.current_certificate_id.as_ref() != Some(&renew.certificate_id)
         {
             return done(Ok(None));
         }

@@ -113,13 +113,13 @@ impl Supervisor {
                     Ok(found) => found,
                     Err(e) => return tracing::error!(error = %e, "renewal sweep failed"),
                 };
-                let due: Vec<String> = candidates
+                let due: Vec<(String, String)> = candidates
                     .into_iter()
-                    .filter_map(|(id, issued, expires)| {
+                    .filter_map(|(id, certificate, issued, expires)| {
                         let at = renew_at(issued?, expires?, renew_before_days);
-                        (at <= now()).then_some(id)
+                        (at <= now()).then_some((id, certificate))
                     })
-                    .filter(|id| !act.pending_renewals.contains(id))
+                    .filter(|(id, _)| !act.pending_renewals.contains(id))
                     .collect();
                 act.schedule_renewals(due, renewing as usize, ctx);
             }),
@@ -128,7 +128,12 @@ impl Supervisor {
 
     /// Starts at most as many renewals as the cap leaves room for, each after
     /// a random delay within the jitter window.
-    fn schedule_renewals(&mut self, due: Vec<String>, running: usize, ctx: &mut Context<Self>) {
+    fn schedule_renewals(
+        &mut self,
+        due: Vec<(String, String)>,
+        running: usize,
+        ctx: &mut Context<Self>,
+    ) {
         let renewal = &self.deps.config.renewal;
         let room = renewal
             .max_concurrent_orders
@@ -140,14 +145,14 @@ impl Supervisor {
                 "renewals capped; the rest wait for the next sweep"
             );
         }
-        for id in due.into_iter().take(room) {
+        for (id, certificate_id) in due.into_iter().take(room) {
             let delay = jitter(renewal.jitter);
             self.pending_renewals.insert(id.clone());
             ctx.run_later(delay, move |act, _| {
                 act.pending_renewals.remove(&id);
                 let addr = act.actor(&id);
                 actix::spawn(async move {
-                    match addr.send(Renew).await {
+                    match addr.send(Renew { certificate_id }).await {
                         Ok(Ok(Some(op))) => tracing::debug!(instance_id = %id, operation_id = %op, "renewal running"),
                         Ok(Ok(None)) => {}
                         Ok(Err(e)) => tracing::warn!(instance_id = %id, error = %e, "renewal not started"),

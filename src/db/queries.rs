@@ -563,13 +563,16 @@ pub async fn delete_acme_account(conn: &mut Conn, directory_url: &str) -> Result
     Ok(())
 }
 
+/// A certificate that may be due: `(instance id, certificate id, issued,
+/// expires)`.
+pub type RenewalCandidate = (String, String, Option<NaiveDateTime>, Option<NaiveDateTime>);
+
 /// Provisioned instances with no operation running whose current
-/// certificate expires before `horizon`: `(instance id, issued, expires)`,
-/// soonest expiry first.
+/// certificate expires before `horizon`, soonest expiry first.
 pub async fn renewal_candidates(
     conn: &mut Conn,
     horizon: NaiveDateTime,
-) -> Result<Vec<(String, Option<NaiveDateTime>, Option<NaiveDateTime>)>, DbError> {
+) -> Result<Vec<RenewalCandidate>, DbError> {
     let running = operations::table
         .filter(operations::instance_id.eq(service_instances::id))
         .filter(operations::state.eq(operation_state::IN_PROGRESS));
@@ -584,6 +587,7 @@ pub async fn renewal_candidates(
         .order(certificates::expires_at.asc())
         .select((
             service_instances::id,
+            certificates::id,
             certificates::issued_at,
             certificates::expires_at,
         ))
