@@ -2,32 +2,24 @@
 //! through the actix-web service, with 10,000 instances in the store, on
 //! SQLite and PostgreSQL. Run with `./dev bench --bench request_path`.
 
+#[allow(dead_code)]
+#[path = "../tests/api/helpers.rs"]
+mod helpers;
+
 use std::collections::HashMap;
 
 use actix_web::{App, test};
 use base64::Engine;
 use criterion::{Criterion, criterion_group, criterion_main};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use domain_broker::config::{DatabaseUrl, Env};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use domain_broker::config::Env;
 use domain_broker::db::models::{InstanceRow, OperationRow, now};
 use domain_broker::db::schema::{operations, service_instances};
 use domain_broker::startup::{Broker, routes};
+use helpers::{Backend, fresh_database};
 
 const INSTANCES: usize = 10_000;
 const CERT_PLAN: &str = "2fd4db4f-9a61-4f5f-8ecc-4457bd823d61";
-
-async fn database(backend: &str, dir: &std::path::Path) -> DatabaseUrl {
-    if backend == "sqlite" {
-        return DatabaseUrl::Sqlite(dir.join("bench.sqlite"));
-    }
-    let server = std::env::var("TEST_POSTGRES_URL").expect("run through ./dev bench");
-    let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = AsyncPgConnection::establish(&server).await.unwrap();
-    conn.batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    DatabaseUrl::Postgres(format!("{}/{name}", server.rsplit_once('/').unwrap().0))
-}
 
 /// Stored instances, each with a finished provision.
 async fn seed(broker: &Broker) {
@@ -83,10 +75,10 @@ async fn seed(broker: &Broker) {
 
 fn request_path(c: &mut Criterion) {
     let system = actix_web::rt::System::new();
-    for backend in ["sqlite", "postgres"] {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
         let dir = tempfile::tempdir().unwrap();
         let (broker, service) = system.block_on(async {
-            let url = database(backend, dir.path()).await;
+            let url = fresh_database(backend, dir.path()).await;
             let mut vars: HashMap<String, String> = std::env::vars().collect();
             vars.insert("DATABASE_URL".into(), url.to_string());
             vars.insert("BROKER_USERNAME".into(), "bench".into());
@@ -105,7 +97,7 @@ fn request_path(c: &mut Criterion) {
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode("bench:bench")
         );
-        let mut group = c.benchmark_group(format!("request_path/{backend}"));
+        let mut group = c.benchmark_group(format!("request_path/{backend:?}").to_lowercase());
         let mut n = 0usize;
         for (name, path) in [
             ("catalog", "/v2/catalog".to_string()),

@@ -2,29 +2,19 @@
 //! a pipeline step writes) queued from concurrent tasks, on SQLite and
 //! PostgreSQL. Run with `./dev bench --bench store_writes`.
 
+#[allow(dead_code)]
+#[path = "../tests/api/helpers.rs"]
+mod helpers;
+
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use domain_broker::actors::Store;
-use domain_broker::config::DatabaseUrl;
 use domain_broker::db::{self, models, queries};
+use helpers::{Backend, fresh_database};
 
 const WRITES: u64 = 500;
 const TASKS: u64 = 50;
-
-async fn database(backend: &str, dir: &std::path::Path) -> DatabaseUrl {
-    if backend == "sqlite" {
-        return DatabaseUrl::Sqlite(dir.join("bench.sqlite"));
-    }
-    let server = std::env::var("TEST_POSTGRES_URL").expect("run through ./dev bench");
-    let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = AsyncPgConnection::establish(&server).await.unwrap();
-    conn.batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    DatabaseUrl::Postgres(format!("{}/{name}", server.rsplit_once('/').unwrap().0))
-}
 
 /// One instance per task, each with a running operation whose progress the
 /// writes record.
@@ -67,16 +57,16 @@ async fn setup(store: &Store) -> Vec<String> {
 
 fn store_writes(c: &mut Criterion) {
     let system = actix_web::rt::System::new();
-    for backend in ["sqlite", "postgres"] {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
         let dir = tempfile::tempdir().unwrap();
         let (store, ops) = system.block_on(async {
-            let url = database(backend, dir.path()).await;
+            let url = fresh_database(backend, dir.path()).await;
             db::migrate(&url).await.unwrap();
             let store = Store::start(db::pool(&url, 8).await.unwrap());
             let ops = setup(&store).await;
             (store, ops)
         });
-        let mut group = c.benchmark_group(format!("store_writes/{backend}"));
+        let mut group = c.benchmark_group(format!("store_writes/{backend:?}").to_lowercase());
         group.throughput(Throughput::Elements(WRITES));
         group.measurement_time(Duration::from_secs(10));
         group.sample_size(10);
