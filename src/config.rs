@@ -115,6 +115,69 @@ pub struct ReplicaConfig {
     pub lease: Duration,
 }
 
+/// Where certificates for the AWS plans are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateStore {
+    Iam,
+    Acm,
+}
+
+/// The AWS plans' settings. All optional: the broker starts without them,
+/// and a plan whose settings are missing is refused at provision.
+#[derive(Clone, Debug, Default)]
+pub struct AwsConfig {
+    /// Overrides the SDK's endpoint (AWS_ENDPOINT_URL; moto in tests).
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    /// The bare id of the hosted zone of DNS_ROOT_DOMAIN.
+    pub route53_zone_id: Option<String>,
+    pub alb_listener_arns: Vec<String>,
+    pub default_cloudfront_origin: Option<DomainName>,
+    pub certificate_store: Option<CertificateStore>,
+    pub cdn_log_bucket: Option<String>,
+    /// IAM paths are `/cloudfront/<prefix>/` and `/alb/<prefix>/`.
+    pub iam_certificate_prefix: String,
+    /// How long an old certificate stays on its listener after the ALIAS
+    /// records moved to the new one.
+    pub alb_overlap: Duration,
+    /// How often a CloudFront distribution's state is looked at.
+    pub poll_interval: Duration,
+}
+
+impl AwsConfig {
+    /// The settings a plan needs that are not set; empty when it can run.
+    pub fn missing_for(&self, plan: crate::domain::Plan) -> Vec<&'static str> {
+        use crate::domain::Plan;
+        let mut missing = Vec::new();
+        if plan == Plan::Certificate {
+            return missing;
+        }
+        if self.route53_zone_id.is_none() {
+            missing.push("ROUTE53_ZONE_ID");
+        }
+        match plan {
+            Plan::Domain if self.alb_listener_arns.is_empty() => missing.push("ALB_LISTENER_ARNS"),
+            Plan::DomainWithCdn if self.default_cloudfront_origin.is_none() => {
+                missing.push("DEFAULT_CLOUDFRONT_ORIGIN")
+            }
+            _ => {}
+        }
+        missing
+    }
+
+    /// Whether any AWS plan can run, and so AWS clients are needed.
+    pub fn in_use(&self) -> bool {
+        use crate::domain::Plan;
+        [Plan::Domain, Plan::DomainWithCdn]
+            .into_iter()
+            .any(|p| self.missing_for(p).is_empty())
+    }
+
+    pub fn certificate_store(&self) -> CertificateStore {
+        self.certificate_store.unwrap_or(CertificateStore::Iam)
+    }
+}
+
 #[derive(Clone)]
 pub struct Config {
     pub addr: String,
@@ -126,6 +189,7 @@ pub struct Config {
     pub dns: DnsConfig,
     pub renewal: RenewalConfig,
     pub replica: ReplicaConfig,
+    pub aws: AwsConfig,
 }
 
 impl fmt::Debug for Config {
@@ -138,6 +202,7 @@ impl fmt::Debug for Config {
             .field("dns_root_domain", &self.dns.root_domain)
             .field("renewal", &self.renewal)
             .field("replica", &self.replica)
+            .field("aws", &self.aws)
             .finish_non_exhaustive()
     }
 }
@@ -294,7 +359,9 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 |s| seconds(s).filter(|d| d.as_secs() >= 3),
             )?,
         };
+        let aws = self.aws()?;
         Ok(Config {
+            aws,
             addr,
             username: self.required(
                 "BROKER_USERNAME",
@@ -310,6 +377,96 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             dns,
             renewal,
             replica,
+        })
+    }
+
+    fn aws(&self) -> Result<AwsConfig, ConfigError> {
+        let seconds = |s: &str| s.parse::<u64>().ok().map(Duration::from_secs);
+        let optional = |name: &'static str, what: &str, parse: &dyn Fn(&str) -> Option<String>| {
+            self.get(name)
+                .map(|_| self.parsed(name, None, what, parse))
+                .transpose()
+        };
+        Ok(AwsConfig {
+            endpoint_url: optional("AWS_ENDPOINT_URL", "an http:// or https:// URL", &|s| {
+                (s.starts_with("http://") || s.starts_with("https://")).then(|| s.to_string())
+            })?,
+            region: self.get("AWS_REGION"),
+            route53_zone_id: optional(
+                "ROUTE53_ZONE_ID",
+                "the id of the hosted zone of DNS_ROOT_DOMAIN, e.g. Z0123ABC",
+                &|s| {
+                    let id = s.strip_prefix("/hostedzone/").unwrap_or(s);
+                    (!id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric()))
+                        .then(|| id.to_string())
+                },
+            )?,
+            alb_listener_arns: match self.get("ALB_LISTENER_ARNS") {
+                None => Vec::new(),
+                Some(_) => self.parsed(
+                    "ALB_LISTENER_ARNS",
+                    None,
+                    "comma-separated listener ARNs (arn:aws:elasticloadbalancing:...)",
+                    |s| {
+                        let mut arns: Vec<String> = Vec::new();
+                        for arn in s.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+                            if !arn.starts_with("arn:") || !arn.contains(":listener/") {
+                                return None;
+                            }
+                            if !arns.iter().any(|a| a == arn) {
+                                arns.push(arn.to_string());
+                            }
+                        }
+                        (!arns.is_empty()).then_some(arns)
+                    },
+                )?,
+            },
+            default_cloudfront_origin: match self.get("DEFAULT_CLOUDFRONT_ORIGIN") {
+                None => None,
+                Some(_) => Some(self.parsed(
+                    "DEFAULT_CLOUDFRONT_ORIGIN",
+                    None,
+                    "the host name of the platform's router, e.g. apps.example.gov",
+                    |s| DomainName::parse(s).ok().filter(|d| !d.is_wildcard()),
+                )?),
+            },
+            certificate_store: match self.get("CERTIFICATE_STORE") {
+                None => None,
+                Some(_) => {
+                    Some(
+                        self.parsed("CERTIFICATE_STORE", None, "iam or acm", |s| match s {
+                            "iam" => Some(CertificateStore::Iam),
+                            "acm" => Some(CertificateStore::Acm),
+                            _ => None,
+                        })?,
+                    )
+                }
+            },
+            cdn_log_bucket: self.get("CDN_LOG_BUCKET"),
+            iam_certificate_prefix: self.parsed(
+                "IAM_CERTIFICATE_PREFIX",
+                Some("external-domains"),
+                "letters, digits, '-', '_' and '/' (e.g. external-domains-production)",
+                |s| {
+                    let p = s.trim_matches('/');
+                    (!p.is_empty()
+                        && p.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_/".contains(c)))
+                    .then(|| p.to_string())
+                },
+            )?,
+            alb_overlap: self.parsed(
+                "ALB_OVERLAP_SLEEP_TIME",
+                Some("900"),
+                "a number of seconds",
+                seconds,
+            )?,
+            poll_interval: self.parsed(
+                "AWS_POLL_WAIT_TIME_IN_SECONDS",
+                Some("60"),
+                "a positive number of seconds",
+                |s| seconds(s).filter(|d| !d.is_zero()),
+            )?,
         })
     }
 

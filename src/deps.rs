@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::acme::AcmeClient;
 use crate::actors::Store;
+use crate::cloud::Cloud;
 use crate::config::Config;
 use crate::crypto::Cipher;
 use crate::dns::{ChallengeRecords, CnameChecker};
@@ -19,4 +20,6 @@ pub struct Deps {
     pub dns: Arc<ChallengeRecords>,
     pub cname: Arc<CnameChecker>,
     pub lifecycle: Arc<Lifecycle>,
+    /// Present when an AWS plan is configured.
+    pub cloud: Option<Arc<Cloud>>,
 }

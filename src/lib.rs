@@ -3,6 +3,7 @@
 pub mod acme;
 pub mod actors;
 pub mod catalog;
+pub mod cloud;
 pub mod config;
 pub mod crypto;
 pub mod db;

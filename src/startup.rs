@@ -69,7 +69,12 @@ impl Broker {
         let dns =
             ChallengeRecords::new(&config.dns).map_err(|e| StartupError::Dns(e.to_string()))?;
         let cname = CnameChecker::new(&config.dns);
+        let cloud = match config.aws.in_use() {
+            true => Some(Arc::new(crate::cloud::Cloud::new(&config.aws).await)),
+            false => None,
+        };
         let deps = Deps {
+            cloud,
             config: Arc::new(config.clone()),
             store,
             cipher,

@@ -11,6 +11,15 @@ pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// `cloud_resources.kind`
+pub mod resource_kind {
+    pub const IAM_SERVER_CERTIFICATE: &str = "iam_server_certificate";
+    pub const ACM_CERTIFICATE: &str = "acm_certificate";
+    pub const LISTENER_CERTIFICATE: &str = "listener_certificate";
+    pub const CLOUDFRONT_DISTRIBUTION: &str = "cloudfront_distribution";
+    pub const ROUTE53_ALIAS: &str = "route53_alias";
+}
+
 /// `service_instances.state`
 pub mod instance_state {
     pub const PROVISIONING: &str = "provisioning";
@@ -137,6 +146,20 @@ pub struct DnsRecordRow {
     pub name: String,
     pub record_type: String,
     pub value: String,
+    pub created_at: NaiveDateTime,
+}
+
+/// A cloud object the broker made, or is about to make (`arn` still NULL).
+#[derive(Queryable, Selectable, Insertable, Clone, Debug, PartialEq)]
+#[diesel(table_name = cloud_resources)]
+pub struct CloudResourceRow {
+    pub id: String,
+    pub instance_id: String,
+    pub kind: String,
+    pub name: String,
+    pub certificate_id: Option<String>,
+    pub arn: Option<String>,
+    pub details: String,
     pub created_at: NaiveDateTime,
 }
 

@@ -188,6 +188,19 @@ pub async fn dns_records_of(
         .await?)
 }
 
+/// The instance's cloud objects, oldest first.
+pub async fn cloud_resources_of(
+    conn: &mut Conn,
+    instance_id: &str,
+) -> Result<Vec<CloudResourceRow>, DbError> {
+    Ok(cloud_resources::table
+        .filter(cloud_resources::instance_id.eq(instance_id))
+        .order((cloud_resources::created_at, cloud_resources::id))
+        .select(CloudResourceRow::as_select())
+        .load(conn)
+        .await?)
+}
+
 pub async fn binding(conn: &mut Conn, id: &str) -> Result<Option<BindingRow>, DbError> {
     Ok(bindings::table
         .find(id)
@@ -216,6 +229,9 @@ pub async fn acme_account(
 pub async fn purge_instance(conn: &mut Conn, id: &str) -> Result<(), DbError> {
     delete_key_material(conn, id).await?;
     diesel::delete(dns_records::table.filter(dns_records::instance_id.eq(id)))
+        .execute(conn)
+        .await?;
+    diesel::delete(cloud_resources::table.filter(cloud_resources::instance_id.eq(id)))
         .execute(conn)
         .await?;
     let ops = operations::table
@@ -475,6 +491,41 @@ pub async fn insert_dns_record(conn: &mut Conn, record: &DnsRecordRow) -> Result
 
 pub async fn delete_dns_record(conn: &mut Conn, id: &str) -> Result<(), DbError> {
     diesel::delete(dns_records::table.find(id))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn insert_cloud_resource(
+    conn: &mut Conn,
+    resource: &CloudResourceRow,
+) -> Result<(), DbError> {
+    diesel::insert_into(cloud_resources::table)
+        .values(resource)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Notes what AWS calls an object once it exists, and what else we learnt.
+pub async fn cloud_resource_made(
+    conn: &mut Conn,
+    id: &str,
+    arn: &str,
+    details: &str,
+) -> Result<(), DbError> {
+    diesel::update(cloud_resources::table.find(id))
+        .set((
+            cloud_resources::arn.eq(Some(arn)),
+            cloud_resources::details.eq(details),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn delete_cloud_resource(conn: &mut Conn, id: &str) -> Result<(), DbError> {
+    diesel::delete(cloud_resources::table.find(id))
         .execute(conn)
         .await?;
     Ok(())

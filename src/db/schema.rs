@@ -106,6 +106,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    cloud_resources (id) {
+        id -> Text,
+        instance_id -> Text,
+        kind -> Text,
+        name -> Text,
+        certificate_id -> Nullable<Text>,
+        arn -> Nullable<Text>,
+        details -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     bindings (id) {
         id -> Text,
         instance_id -> Text,
@@ -125,6 +138,7 @@ diesel::joinable!(operation_steps -> operations (operation_id));
 diesel::joinable!(certificates -> service_instances (instance_id));
 diesel::joinable!(challenges -> certificates (certificate_id));
 diesel::joinable!(dns_records -> service_instances (instance_id));
+diesel::joinable!(cloud_resources -> service_instances (instance_id));
 diesel::joinable!(bindings -> service_instances (instance_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -136,5 +150,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     certificates,
     challenges,
     dns_records,
+    cloud_resources,
     bindings,
 );

@@ -111,10 +111,20 @@ pub async fn provision(
     // plan-specific; an identical repeat goes straight to the instance.
     let existing = read_instance(&state, &id).await?;
     if existing.is_none() {
-        if plan.plan != Plan::Certificate {
+        if plan.plan == Plan::DomainWithCdn {
             return Err(OsbError::bad_request(format!(
-                "The '{}' plan is not available yet on this broker; use the 'certificate' plan.",
+                "The '{}' plan is not available yet on this broker; use the 'domain' or \
+                 'certificate' plan.",
                 plan.name
+            )));
+        }
+        let missing = state.deps.config.aws.missing_for(plan.plan);
+        if !missing.is_empty() {
+            return Err(OsbError::bad_request(format!(
+                "The '{}' plan is not set up on this broker: its operator has not set {}. \
+                 Ask them to, or use the 'certificate' plan.",
+                plan.name,
+                missing.join(" and ")
             )));
         }
         let parsed = ProvisionParameters::parse(plan.plan, Some(&request.parameters))

@@ -13,61 +13,79 @@ use crate::domain::{DomainList, DomainName};
 
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+pub const ENSURE_ACME_ACCOUNT: Step = Step {
+    name: "ensure_acme_account",
+    description: "Registering with the ACME server",
+    run: |ctx| ensure_account(ctx).boxed(),
+    max_attempts: 6,
+};
+
+pub const CREATE_ORDER: Step = Step {
+    name: "create_order",
+    description: "Requesting the certificate from the ACME server",
+    run: |ctx| create_order(ctx).boxed(),
+    max_attempts: 6,
+};
+
+pub const WRITE_TXT_RECORDS: Step = Step {
+    name: "write_txt_records",
+    description: "Writing the DNS challenge records",
+    run: |ctx| write_txt_records(ctx).boxed(),
+    max_attempts: 6,
+};
+
+pub const WAIT_FOR_DNS: Step = Step {
+    name: "wait_for_dns",
+    description: "Waiting for DNS changes to propagate",
+    run: |ctx| wait_for_dns(ctx).boxed(),
+    max_attempts: 1,
+};
+
+pub const ANSWER_CHALLENGES: Step = Step {
+    name: "answer_challenges",
+    description: "Asking the ACME server to validate the domains",
+    run: |ctx| answer_challenges(ctx).boxed(),
+    max_attempts: 6,
+};
+
+pub const AWAIT_VALIDATION: Step = Step {
+    name: "await_validation",
+    description: "Waiting for the ACME server to validate the domains",
+    run: |ctx| await_validation(ctx).boxed(),
+    max_attempts: 6,
+};
+
+pub const FINALIZE_ORDER: Step = Step {
+    name: "finalize_order",
+    description: "Finalizing the certificate",
+    run: |ctx| finalize_order(ctx).boxed(),
+    max_attempts: 6,
+};
+
+pub const INSTALL_CERTIFICATE: Step = Step {
+    name: "install_certificate",
+    description: "Installing the new certificate",
+    run: |ctx| install_certificate(ctx).boxed(),
+    max_attempts: 6,
+};
+
+pub const REMOVE_TXT_RECORDS: Step = Step {
+    name: "remove_txt_records",
+    description: "Removing the DNS challenge records",
+    run: |ctx| remove_txt_records(ctx).boxed(),
+    max_attempts: 6,
+};
+
 pub const ISSUE_AND_ACTIVATE: &[Step] = &[
-    Step {
-        name: "ensure_acme_account",
-        description: "Registering with the ACME server",
-        run: |ctx| ensure_account(ctx).boxed(),
-        max_attempts: 6,
-    },
-    Step {
-        name: "create_order",
-        description: "Requesting the certificate from the ACME server",
-        run: |ctx| create_order(ctx).boxed(),
-        max_attempts: 6,
-    },
-    Step {
-        name: "write_txt_records",
-        description: "Writing the DNS challenge records",
-        run: |ctx| write_txt_records(ctx).boxed(),
-        max_attempts: 6,
-    },
-    Step {
-        name: "wait_for_dns",
-        description: "Waiting for DNS changes to propagate",
-        run: |ctx| wait_for_dns(ctx).boxed(),
-        max_attempts: 1,
-    },
-    Step {
-        name: "answer_challenges",
-        description: "Asking the ACME server to validate the domains",
-        run: |ctx| answer_challenges(ctx).boxed(),
-        max_attempts: 6,
-    },
-    Step {
-        name: "await_validation",
-        description: "Waiting for the ACME server to validate the domains",
-        run: |ctx| await_validation(ctx).boxed(),
-        max_attempts: 6,
-    },
-    Step {
-        name: "finalize_order",
-        description: "Finalizing the certificate",
-        run: |ctx| finalize_order(ctx).boxed(),
-        max_attempts: 6,
-    },
-    Step {
-        name: "install_certificate",
-        description: "Installing the new certificate",
-        run: |ctx| install_certificate(ctx).boxed(),
-        max_attempts: 6,
-    },
-    Step {
-        name: "remove_txt_records",
-        description: "Removing the DNS challenge records",
-        run: |ctx| remove_txt_records(ctx).boxed(),
-        max_attempts: 6,
-    },
+    ENSURE_ACME_ACCOUNT,
+    CREATE_ORDER,
+    WRITE_TXT_RECORDS,
+    WAIT_FOR_DNS,
+    ANSWER_CHALLENGES,
+    AWAIT_VALIDATION,
+    FINALIZE_ORDER,
+    INSTALL_CERTIFICATE,
+    REMOVE_TXT_RECORDS,
 ];
 
 impl From<AcmeError> for StepError {
@@ -97,7 +115,7 @@ async fn this_certificate_if_any(ctx: &StepContext) -> Result<Option<Certificate
         .await?)
 }
 
-async fn this_certificate(ctx: &StepContext) -> Result<CertificateRow, StepError> {
+pub(super) async fn this_certificate(ctx: &StepContext) -> Result<CertificateRow, StepError> {
     this_certificate_if_any(ctx)
         .await?
         .ok_or_else(|| StepError::Fail("the certificate order of this operation is missing".into()))

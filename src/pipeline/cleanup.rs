@@ -6,20 +6,21 @@ use futures_util::FutureExt;
 use super::{Step, StepContext, StepOutcome, StepResult};
 use crate::db::queries;
 
-pub const DEPROVISION: &[Step] = &[
-    Step {
-        name: "remove_dns_records",
-        description: "Removing the DNS records the broker wrote",
-        run: |ctx| remove_dns_records(ctx).boxed(),
-        max_attempts: 8,
-    },
-    Step {
-        name: "delete_key_material",
-        description: "Deleting certificates and private keys",
-        run: |ctx| delete_key_material(ctx).boxed(),
-        max_attempts: 8,
-    },
-];
+pub const REMOVE_DNS_RECORDS: Step = Step {
+    name: "remove_dns_records",
+    description: "Removing the DNS records the broker wrote",
+    run: |ctx| remove_dns_records(ctx).boxed(),
+    max_attempts: 8,
+};
+
+pub const DELETE_KEY_MATERIAL: Step = Step {
+    name: "delete_key_material",
+    description: "Deleting certificates and private keys",
+    run: |ctx| delete_key_material(ctx).boxed(),
+    max_attempts: 8,
+};
+
+pub const DEPROVISION: &[Step] = &[REMOVE_DNS_RECORDS, DELETE_KEY_MATERIAL];
 
 /// Removes every record listed in `dns_records` for the instance.
 pub async fn remove_dns_records(ctx: StepContext) -> StepResult {

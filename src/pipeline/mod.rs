@@ -4,6 +4,7 @@
 
 mod certificate;
 mod cleanup;
+mod edge;
 mod lease;
 
 use std::time::Duration;
@@ -85,10 +86,15 @@ pub fn steps(plan: Plan, action: Action) -> &'static [Step] {
         (Plan::Certificate, Action::Provision | Action::Update | Action::Renew) => {
             certificate::ISSUE_AND_ACTIVATE
         }
-        (_, Action::Deprovision) => cleanup::DEPROVISION,
-        // The edge plans are refused at provision until their issue lands, so
-        // no operation of theirs other than a deprovision can exist.
-        (Plan::Domain | Plan::DomainWithCdn, _) => &[],
+        (Plan::Certificate, Action::Deprovision) => cleanup::DEPROVISION,
+        (Plan::Domain, Action::Deprovision) => edge::ALB_DEPROVISION,
+        (Plan::Domain, Action::Provision | Action::Update | Action::Renew) => {
+            edge::ALB_ISSUE_AND_ACTIVATE
+        }
+        // Refused at provision until it is built, so no operation of its
+        // other than a deprovision can exist.
+        (Plan::DomainWithCdn, Action::Deprovision) => edge::ALB_DEPROVISION,
+        (Plan::DomainWithCdn, _) => &[],
     }
 }
 

@@ -217,6 +217,7 @@ pub const TABLES: &[&str] = &[
     "challenges",
     "dns_records",
     "bindings",
+    "cloud_resources",
 ];
 
 pub async fn count_rows(pool: &Pool, table: &str) -> i64 {

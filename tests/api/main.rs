@@ -1,8 +1,10 @@
-//! Integration tests against the real Pebble, BIND, PostgreSQL and SQLite
-//! that `./dev test` starts.
+//! Integration tests against the real Pebble, BIND, PostgreSQL, SQLite and
+//! moto that `./dev test` starts.
 
+mod aws;
 mod bad_input;
 mod crash;
+mod edge;
 mod helpers;
 mod lifecycle;
 mod osb;

@@ -502,10 +502,22 @@ async fn binding_rules(backend: Backend) {
     );
 }
 
-async fn edge_plans_are_not_available_yet(backend: Backend) {
-    let app = spawn_app(backend).await;
+/// An AWS plan the operator has not set up is refused, naming what is
+/// missing; the CDN plan is not built yet.
+async fn edge_plans_need_their_settings(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        &[("ROUTE53_ZONE_ID", ""), ("ALB_LISTENER_ARNS", "")],
+    )
+    .await;
     let before = app.snapshot().await;
-    for plan in [DOMAIN_PLAN, CDN_PLAN] {
+    for (plan, expected) in [
+        (
+            DOMAIN_PLAN,
+            "has not set ROUTE53_ZONE_ID and ALB_LISTENER_ARNS",
+        ),
+        (CDN_PLAN, "not available yet"),
+    ] {
         let mut body = provision_body(&delegated_domain().await);
         body["plan_id"] = json!(plan);
         let res = app
@@ -516,7 +528,7 @@ async fn edge_plans_are_not_available_yet(backend: Backend) {
             .as_str()
             .unwrap()
             .to_string();
-        assert!(text.contains("not available yet"), "{text}");
+        assert!(text.contains(expected), "{text}");
     }
     assert_eq!(app.snapshot().await, before);
 }
@@ -531,7 +543,7 @@ both_backends!(
     update_rules,
     deprovision_and_polling_rules,
     binding_rules,
-    edge_plans_are_not_available_yet,
+    edge_plans_need_their_settings,
 );
 
 /// Only the certificate plan is bindable. Edge-plan instances cannot be

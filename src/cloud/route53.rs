@@ -1,0 +1,130 @@
+//! ALIAS records that send a user's traffic (`<domain>.<DNS_ROOT_DOMAIN>`,
+//! the target of the user's CNAME) to a load balancer or a distribution.
+
+use aws_sdk_route53::types::{
+    AliasTarget as R53Alias, Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecordSet,
+    RrType,
+};
+
+use super::alb::AliasTarget;
+use super::{Cloud, CloudError, built};
+
+/// CloudFront's hosted zone, the same for every distribution.
+pub const CLOUDFRONT_HOSTED_ZONE_ID: &str = "Z2FDTNDATAQYW2";
+
+impl Cloud {
+    fn zone_id(&self) -> Result<&str, CloudError> {
+        self.config
+            .route53_zone_id
+            .as_deref()
+            .ok_or_else(|| CloudError::unexpected("route53", "ROUTE53_ZONE_ID is not set"))
+    }
+
+    /// Points the A and AAAA records of `name` at the target (UPSERT, so a
+    /// repeat or a new target is fine). Returns the change to wait for.
+    pub async fn upsert_alias(
+        &self,
+        name: &str,
+        target: &AliasTarget,
+    ) -> Result<String, CloudError> {
+        const OP: &str = "route53:ChangeResourceRecordSets";
+        let mut changes = Vec::new();
+        for rr_type in [RrType::A, RrType::Aaaa] {
+            let alias = built(
+                OP,
+                R53Alias::builder()
+                    .dns_name(&target.dns_name)
+                    .hosted_zone_id(&target.hosted_zone_id)
+                    .evaluate_target_health(false)
+                    .build(),
+            )?;
+            let set = built(
+                OP,
+                ResourceRecordSet::builder()
+                    .name(name)
+                    .r#type(rr_type)
+                    .alias_target(alias)
+                    .build(),
+            )?;
+            changes.push(built(
+                OP,
+                Change::builder()
+                    .action(ChangeAction::Upsert)
+                    .resource_record_set(set)
+                    .build(),
+            )?);
+        }
+        self.change(changes).await.map(|id| id.unwrap_or_default())
+    }
+
+    /// Deletes the A and AAAA records of `name`, exactly as they stand
+    /// (Route53 deletes only an exact match); none there is fine.
+    pub async fn delete_alias(&self, name: &str) -> Result<(), CloudError> {
+        const OP: &str = "route53:ListResourceRecordSets";
+        let wanted = name.trim_end_matches('.').to_ascii_lowercase();
+        let listed = self
+            .route53
+            .list_resource_record_sets()
+            .hosted_zone_id(self.zone_id()?)
+            .start_record_name(name)
+            .start_record_type(RrType::A)
+            .max_items(2)
+            .send()
+            .await
+            .map_err(|e| CloudError::sdk(OP, e))?;
+        let changes = listed
+            .resource_record_sets()
+            .iter()
+            .filter(|s| s.name().trim_end_matches('.').eq_ignore_ascii_case(&wanted))
+            .filter(|s| matches!(s.r#type(), RrType::A | RrType::Aaaa))
+            .map(|s| {
+                built(
+                    "route53:ChangeResourceRecordSets",
+                    Change::builder()
+                        .action(ChangeAction::Delete)
+                        .resource_record_set(s.clone())
+                        .build(),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if changes.is_empty() {
+            return Ok(());
+        }
+        match self.change(changes).await {
+            // Gone between the listing and the change: what we wanted.
+            Err(e) if e.is(&["InvalidChangeBatch"]) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    async fn change(&self, changes: Vec<Change>) -> Result<Option<String>, CloudError> {
+        const OP: &str = "route53:ChangeResourceRecordSets";
+        let batch = built(
+            OP,
+            ChangeBatch::builder().set_changes(Some(changes)).build(),
+        )?;
+        let out = self
+            .route53
+            .change_resource_record_sets()
+            .hosted_zone_id(self.zone_id()?)
+            .change_batch(batch)
+            .send()
+            .await
+            .map_err(|e| CloudError::sdk(OP, e))?;
+        Ok(out.change_info.map(|c| c.id))
+    }
+
+    /// Whether Route53 has applied a change everywhere.
+    pub async fn change_in_sync(&self, change_id: &str) -> Result<bool, CloudError> {
+        let out = self
+            .route53
+            .get_change()
+            .id(change_id)
+            .send()
+            .await
+            .map_err(|e| CloudError::sdk("route53:GetChange", e))?;
+        Ok(out
+            .change_info
+            .is_some_and(|c| c.status == ChangeStatus::Insync))
+    }
+}

@@ -1,0 +1,189 @@
+//! A world of its own in moto for one test: a hosted zone for the broker's
+//! domain, a load balancer with two HTTPS listeners, and an IAM path
+//! prefix. Tests look at AWS through these clients, as an operator would.
+
+use aws_sdk_elasticloadbalancingv2::types::{
+    Action, ActionTypeEnum, Certificate, LoadBalancerTypeEnum, ProtocolEnum,
+};
+use aws_sdk_route53::types::RrType;
+use domain_broker::cloud::Cloud;
+use domain_broker::config::AwsConfig;
+
+use crate::helpers::{env, random_label};
+
+pub struct AwsWorld {
+    pub cloud: Cloud,
+    pub zone_id: String,
+    pub listeners: Vec<String>,
+    pub load_balancer_dns: String,
+    pub prefix: String,
+}
+
+impl AwsWorld {
+    pub async fn new() -> AwsWorld {
+        let cloud = Cloud::new(&AwsConfig {
+            endpoint_url: Some(env("AWS_ENDPOINT_URL")),
+            region: Some(env("AWS_REGION")),
+            ..AwsConfig::default()
+        })
+        .await;
+        let label = random_label();
+        let zone = cloud
+            .route53
+            .create_hosted_zone()
+            .name(env("DNS_ROOT_DOMAIN"))
+            .caller_reference(&label)
+            .send()
+            .await
+            .unwrap();
+        let zone_id = zone
+            .hosted_zone
+            .unwrap()
+            .id
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let subnets: Vec<String> = env("TEST_AWS_SUBNETS")
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        let lb = cloud
+            .elb
+            .create_load_balancer()
+            .name(format!("t-{label}"))
+            .r#type(LoadBalancerTypeEnum::Application)
+            .set_subnets(Some(subnets))
+            .send()
+            .await
+            .unwrap()
+            .load_balancers
+            .unwrap()
+            .remove(0);
+        let tg = cloud
+            .elb
+            .create_target_group()
+            .name(format!("t-{label}"))
+            .protocol(ProtocolEnum::Http)
+            .port(80)
+            .vpc_id(lb.vpc_id.clone().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .target_groups
+            .unwrap()
+            .remove(0);
+        let mut listeners = Vec::new();
+        for port in [443, 8443] {
+            let listener = cloud
+                .elb
+                .create_listener()
+                .load_balancer_arn(lb.load_balancer_arn.clone().unwrap())
+                .protocol(ProtocolEnum::Https)
+                .port(port)
+                .default_actions(
+                    Action::builder()
+                        .r#type(ActionTypeEnum::Forward)
+                        .target_group_arn(tg.target_group_arn.clone().unwrap())
+                        .build(),
+                )
+                .certificates(
+                    Certificate::builder()
+                        .certificate_arn(format!(
+                            "arn:aws:iam::123456789012:server-certificate/default-{label}"
+                        ))
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+            listeners.push(listener.listeners.unwrap().remove(0).listener_arn.unwrap());
+        }
+        AwsWorld {
+            cloud,
+            zone_id,
+            listeners,
+            load_balancer_dns: lb.dns_name.unwrap(),
+            prefix: format!("test-{label}"),
+        }
+    }
+
+    /// The broker settings that point at this world.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ROUTE53_ZONE_ID", self.zone_id.clone()),
+            ("ALB_LISTENER_ARNS", self.listeners.join(",")),
+            ("IAM_CERTIFICATE_PREFIX", self.prefix.clone()),
+            ("ALB_OVERLAP_SLEEP_TIME", "0".into()),
+            ("AWS_POLL_WAIT_TIME_IN_SECONDS", "1".into()),
+        ]
+    }
+
+    /// (name, ARN) of the IAM server certificates under `/<service>/<prefix>/`.
+    pub async fn iam_certificates(&self, service: &str) -> Vec<(String, String)> {
+        let path = format!("/{service}/{}/", self.prefix);
+        let out = self
+            .cloud
+            .iam
+            .list_server_certificates()
+            .path_prefix(&path)
+            .send()
+            .await
+            .unwrap();
+        // moto lists every path whatever the prefix asked for.
+        out.server_certificate_metadata_list
+            .into_iter()
+            .filter(|m| m.path == path)
+            .map(|m| (m.server_certificate_name, m.arn))
+            .collect()
+    }
+
+    /// The certificate ARNs on a listener, its default left out.
+    pub async fn listener_certificates(&self, listener: &str) -> Vec<String> {
+        let out = self
+            .cloud
+            .elb
+            .describe_listener_certificates()
+            .listener_arn(listener)
+            .send()
+            .await
+            .unwrap();
+        out.certificates
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.is_default != Some(true))
+            .filter_map(|c| c.certificate_arn)
+            .filter(|arn| !arn.contains("/default-"))
+            .collect()
+    }
+
+    /// The A and AAAA alias records in the zone: (name, type, target).
+    pub async fn alias_records(&self) -> Vec<(String, String, String)> {
+        let out = self
+            .cloud
+            .route53
+            .list_resource_record_sets()
+            .hosted_zone_id(&self.zone_id)
+            .send()
+            .await
+            .unwrap();
+        out.resource_record_sets
+            .into_iter()
+            .filter(|s| matches!(s.r#type, RrType::A | RrType::Aaaa))
+            .map(|s| {
+                (
+                    s.name.trim_end_matches('.').to_string(),
+                    s.r#type.as_str().to_string(),
+                    s.alias_target
+                        .map(|a| a.dns_name.trim_end_matches('.').to_string())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// `<domain>.<DNS_ROOT_DOMAIN>`, where the user's CNAME for traffic points.
+pub fn alias_name(domain: &str) -> String {
+    format!("{domain}.{}", env("DNS_ROOT_DOMAIN"))
+}
