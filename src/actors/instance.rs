@@ -282,11 +282,12 @@ impl InstanceActor {
         let request = OperationRequest {
             domains: req.domains.names().iter().map(|d| d.to_string()).collect(),
             parameters: None,
+            keep_certificate: false,
         };
         let op = OperationRow::start(
             &self.id,
             Action::Provision.as_str(),
-            pipeline::first_description(req.plan, Action::Provision),
+            pipeline::first_description(req.plan, Action::Provision, false),
             serde_json::to_string(&request).expect("serializes"),
         );
         if let Some(existing) = self.live_instance() {
@@ -413,11 +414,18 @@ impl InstanceActor {
                 instance.state
             )));
         }
-        let current = DomainList::from_stored(&instance.domains);
-        if current.as_ref() == Some(&update.domains) {
+        let plan = catalog::plan_by_id(&instance.plan_id).map_or(Plan::Certificate, |p| p.plan);
+        let same_domains =
+            DomainList::from_stored(&instance.domains).as_ref() == Some(&update.domains);
+        // Only a CDN has settings besides its domains.
+        let same_settings = plan != Plan::DomainWithCdn
+            || serde_json::from_str::<Value>(&instance.parameters)
+                .ok()
+                .as_ref()
+                == Some(&update.parameters);
+        if same_domains && same_settings {
             return done(Ok(UpdateOutcome::Unchanged));
         }
-        let plan = catalog::plan_by_id(&instance.plan_id).map_or(Plan::Certificate, |p| p.plan);
         let request = OperationRequest {
             domains: update
                 .domains
@@ -426,11 +434,12 @@ impl InstanceActor {
                 .map(|d| d.to_string())
                 .collect(),
             parameters: Some(update.parameters),
+            keep_certificate: same_domains,
         };
         let op = OperationRow::start(
             &self.id,
             Action::Update.as_str(),
-            pipeline::first_description(plan, Action::Update),
+            pipeline::first_description(plan, Action::Update, request.keep_certificate),
             serde_json::to_string(&request).expect("serializes"),
         );
         let store = self.deps.store.clone();
@@ -502,7 +511,7 @@ impl InstanceActor {
         let op = OperationRow::start(
             &self.id,
             Action::Deprovision.as_str(),
-            pipeline::first_description(plan, Action::Deprovision),
+            pipeline::first_description(plan, Action::Deprovision, false),
             "{}".into(),
         );
         tracing::info!(instance_id = %self.id, operation_id = %op.id, "deprovision accepted");
@@ -721,11 +730,12 @@ impl InstanceActor {
                 .map(|d| d.names().iter().map(|n| n.to_string()).collect())
                 .unwrap_or_default(),
             parameters: None,
+            keep_certificate: false,
         };
         let op = OperationRow::start(
             &self.id,
             Action::Renew.as_str(),
-            pipeline::first_description(plan, Action::Renew),
+            pipeline::first_description(plan, Action::Renew, false),
             serde_json::to_string(&request).expect("serializes"),
         );
         tracing::info!(instance_id = %self.id, operation_id = %op.id, "renewal started");

@@ -5,6 +5,7 @@
 
 pub mod alb;
 pub mod certificates;
+pub mod cloudfront;
 pub mod route53;
 
 use std::error::Error as StdError;

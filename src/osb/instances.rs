@@ -13,7 +13,7 @@ use crate::actors::instance::{ProvisionRequest, domains_taken};
 use crate::actors::{Deprovision, Provision, ProvisionOutcome, Update, UpdateOutcome};
 use crate::db::models::{InstanceRow, OperationRow, instance_state, operation_state};
 use crate::db::queries;
-use crate::domain::{Action, DomainList, ParameterError, Plan, ProvisionParameters};
+use crate::domain::{Action, CdnSettings, DomainList, ParameterError, Plan, ProvisionParameters};
 
 async fn read_instance(state: &AppState, id: &str) -> Result<Option<InstanceRow>, OsbError> {
     let id = id.to_string();
@@ -53,6 +53,25 @@ async fn check_domains(
         .check(domains)
         .await
         .map_err(OsbError::bad_request)
+}
+
+/// A CDN's settings as they will be, checked before anything is stored.
+fn check_cdn_settings(state: &AppState, plan: Plan, parameters: &Value) -> Result<(), OsbError> {
+    if plan != Plan::DomainWithCdn {
+        return Ok(());
+    }
+    let default_origin = state
+        .deps
+        .config
+        .aws
+        .default_cloudfront_origin
+        .as_ref()
+        .map(|d| d.to_string())
+        .unwrap_or_default();
+    let empty = serde_json::Map::new();
+    CdnSettings::parse(parameters.as_object().unwrap_or(&empty), &default_origin)
+        .map(|_| ())
+        .map_err(|e| OsbError::bad_request(e.to_string()))
 }
 
 fn parameter_error(e: ParameterError) -> OsbError {
@@ -111,13 +130,6 @@ pub async fn provision(
     // plan-specific; an identical repeat goes straight to the instance.
     let existing = read_instance(&state, &id).await?;
     if existing.is_none() {
-        if plan.plan == Plan::DomainWithCdn {
-            return Err(OsbError::bad_request(format!(
-                "The '{}' plan is not available yet on this broker; use the 'domain' or \
-                 'certificate' plan.",
-                plan.name
-            )));
-        }
         let missing = state.deps.config.aws.missing_for(plan.plan);
         if !missing.is_empty() {
             return Err(OsbError::bad_request(format!(
@@ -133,6 +145,7 @@ pub async fn provision(
             .domains
             .ok_or(ParameterError::DomainsRequired)
             .map_err(parameter_error)?;
+        check_cdn_settings(&state, plan.plan, &request.parameters)?;
         check_domains(&state, &id, &request.domains).await?;
     } else if let Some(row) = &existing {
         request.domains =
@@ -215,19 +228,24 @@ pub async fn update(
     let given = parameters_of(&body)?;
     let parsed = ProvisionParameters::parse(plan.plan, Some(&Value::Object(given.clone())))
         .map_err(parameter_error)?;
-    let Some(domains) = parsed.domains else {
-        return Ok(HttpResponse::Ok().json(json!({})));
+    let current = DomainList::from_stored(&instance.domains);
+    let Some(domains) = parsed.domains.or_else(|| current.clone()) else {
+        return Err(OsbError::bad_request(
+            ParameterError::DomainsRequired.to_string(),
+        ));
     };
     // Absent parameters keep their values; given ones replace them.
     let mut parameters: serde_json::Map<String, Value> =
         serde_json::from_str(&instance.parameters).unwrap_or_default();
     parameters.extend(given);
-    if DomainList::from_stored(&instance.domains).as_ref() != Some(&domains) {
+    let parameters = Value::Object(parameters);
+    check_cdn_settings(&state, plan.plan, &parameters)?;
+    if current.as_ref() != Some(&domains) {
         check_domains(&state, &id, &domains).await?;
     }
     let update = Update {
         domains,
-        parameters: Value::Object(parameters),
+        parameters,
     };
     match state.ask(&id, update).await? {
         UpdateOutcome::Accepted { operation } => {

@@ -121,6 +121,24 @@ pub(super) async fn this_certificate(ctx: &StepContext) -> Result<CertificateRow
         .ok_or_else(|| StepError::Fail("the certificate order of this operation is missing".into()))
 }
 
+/// The certificate this operation puts in place: its own, or for an
+/// update of settings only, the current one.
+pub(super) async fn certificate_in_use(ctx: &StepContext) -> Result<CertificateRow, StepError> {
+    if !OperationRequest::parse(&ctx.operation).keep_certificate {
+        return this_certificate(ctx).await;
+    }
+    let id = ctx
+        .instance
+        .current_certificate_id
+        .clone()
+        .ok_or_else(|| StepError::Fail("the instance has no certificate to keep".into()))?;
+    ctx.deps
+        .store
+        .read(move |c| Box::pin(async move { queries::certificate(c, &id).await }))
+        .await?
+        .ok_or_else(|| StepError::Fail("the instance's certificate is missing".into()))
+}
+
 async fn challenges(
     ctx: &StepContext,
     certificate_id: &str,
@@ -395,7 +413,7 @@ pub async fn remove_challenge_records(ctx: &StepContext) -> Result<(), StepError
 }
 
 async fn install_certificate(ctx: StepContext) -> StepResult {
-    let cert = this_certificate(&ctx).await?;
+    let cert = certificate_in_use(&ctx).await?;
     let request = OperationRequest::parse(&ctx.operation);
     let instance_id = ctx.instance.id.clone();
     let update = request

@@ -10,16 +10,19 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 
-use super::certificate::{self, this_certificate};
+use super::certificate::{self, certificate_in_use, this_certificate};
 use super::cleanup;
 use super::{Step, StepContext, StepError, StepOutcome, StepResult};
 use crate::cloud::alb::AliasTarget;
 use crate::cloud::certificates::{CertificateUpload, StoredCertificate};
+use crate::cloud::cloudfront::{DistributionInfo, DistributionSpec};
+use crate::cloud::route53::CLOUDFRONT_HOSTED_ZONE_ID;
 use crate::cloud::{Cloud, CloudError};
 use crate::config::CertificateStore;
 use crate::db::models::{CertificateRow, CloudResourceRow, new_id, now, resource_kind};
 use crate::db::queries;
-use crate::domain::{DomainList, Plan};
+use crate::domain::{CdnSettings, DomainList, Plan};
+use crate::pipeline::OperationRequest;
 
 /// How often a Route53 change is looked at until it is in sync.
 const CHANGE_POLL: Duration = Duration::from_secs(2);
@@ -113,6 +116,81 @@ pub const ALB_DEPROVISION: &[Step] = &[
     REMOVE_ALIAS_RECORDS,
     cleanup::REMOVE_DNS_RECORDS,
     REMOVE_FROM_LOAD_BALANCER,
+    DELETE_STORED_CERTIFICATES,
+    cleanup::DELETE_KEY_MATERIAL,
+];
+
+pub const APPLY_DISTRIBUTION: Step = Step {
+    name: "apply_distribution",
+    description: "Creating or updating the CloudFront distribution",
+    run: |ctx| apply_distribution(ctx).boxed(),
+    max_attempts: 6,
+};
+
+pub const WAIT_FOR_DISTRIBUTION: Step = Step {
+    name: "wait_for_distribution",
+    description: "Waiting for the CloudFront distribution to deploy (this can take a while)",
+    run: |ctx| wait_for_distribution(ctx).boxed(),
+    // Polling spends no attempts; these are for errors while asking.
+    max_attempts: 6,
+};
+
+pub const DISABLE_DISTRIBUTION: Step = Step {
+    name: "disable_distribution",
+    description: "Disabling the CloudFront distribution",
+    run: |ctx| disable_distribution(ctx).boxed(),
+    max_attempts: 8,
+};
+
+pub const WAIT_FOR_DISTRIBUTION_DISABLED: Step = Step {
+    name: "wait_for_distribution_disabled",
+    description: "Waiting for the CloudFront distribution to be disabled (this can take a while)",
+    run: |ctx| wait_for_distribution_disabled(ctx).boxed(),
+    max_attempts: 8,
+};
+
+pub const DELETE_DISTRIBUTION: Step = Step {
+    name: "delete_distribution",
+    description: "Deleting the CloudFront distribution",
+    run: |ctx| delete_distribution(ctx).boxed(),
+    max_attempts: 8,
+};
+
+/// `domain-with-cdn`: provision, update and renew alike; a new
+/// certificate, the distribution made or changed to serve it, traffic
+/// pointed at it, then the old certificate retired.
+pub const CDN_ISSUE_AND_ACTIVATE: &[Step] = &[
+    certificate::ENSURE_ACME_ACCOUNT,
+    certificate::CREATE_ORDER,
+    certificate::WRITE_TXT_RECORDS,
+    certificate::WAIT_FOR_DNS,
+    certificate::ANSWER_CHALLENGES,
+    certificate::AWAIT_VALIDATION,
+    certificate::FINALIZE_ORDER,
+    UPLOAD_CERTIFICATE,
+    APPLY_DISTRIBUTION,
+    WAIT_FOR_DISTRIBUTION,
+    WRITE_ALIAS_RECORDS,
+    WAIT_FOR_ALIAS_RECORDS,
+    certificate::INSTALL_CERTIFICATE,
+    RETIRE_OLD_RESOURCES,
+    certificate::REMOVE_TXT_RECORDS,
+];
+
+/// `domain-with-cdn`, an update of settings only: same domains, same
+/// certificate.
+pub const CDN_UPDATE_SETTINGS: &[Step] = &[
+    APPLY_DISTRIBUTION,
+    WAIT_FOR_DISTRIBUTION,
+    certificate::INSTALL_CERTIFICATE,
+];
+
+pub const CDN_DEPROVISION: &[Step] = &[
+    REMOVE_ALIAS_RECORDS,
+    cleanup::REMOVE_DNS_RECORDS,
+    DISABLE_DISTRIBUTION,
+    WAIT_FOR_DISTRIBUTION_DISABLED,
+    DELETE_DISTRIBUTION,
     DELETE_STORED_CERTIFICATES,
     cleanup::DELETE_KEY_MATERIAL,
 ];
@@ -366,14 +444,28 @@ async fn add_to_load_balancer(ctx: StepContext) -> StepResult {
     Ok(StepOutcome::Done)
 }
 
-/// Where this operation's certificate is served, for the ALIAS records.
+/// Where this operation's certificate is served, for the ALIAS records:
+/// the instance's distribution, or the listener the certificate is on.
 async fn alias_target(ctx: &StepContext, cert: &CertificateRow) -> Result<AliasTarget, StepError> {
     resources(ctx)
         .await?
         .into_iter()
-        .filter(|r| r.certificate_id.as_deref() == Some(&cert.id))
-        .filter(|r| r.kind == resource_kind::LISTENER_CERTIFICATE)
-        .find_map(|r| serde_json::from_str::<AliasTarget>(&r.details).ok())
+        .find_map(|r| match r.kind.as_str() {
+            resource_kind::CLOUDFRONT_DISTRIBUTION => {
+                serde_json::from_str::<DistributionInfo>(&r.details)
+                    .ok()
+                    .map(|d| AliasTarget {
+                        dns_name: d.domain_name,
+                        hosted_zone_id: CLOUDFRONT_HOSTED_ZONE_ID.to_string(),
+                    })
+            }
+            resource_kind::LISTENER_CERTIFICATE
+                if r.certificate_id.as_deref() == Some(&cert.id) =>
+            {
+                serde_json::from_str::<AliasTarget>(&r.details).ok()
+            }
+            _ => None,
+        })
         .ok_or_else(|| StepError::Fail("the certificate is not served anywhere yet".into()))
 }
 
@@ -544,4 +636,133 @@ async fn remove_kind(ctx: StepContext, kind: &'static str) -> StepResult {
 async fn delete_stored_certificates(ctx: StepContext) -> StepResult {
     remove_kind(ctx.clone(), resource_kind::IAM_SERVER_CERTIFICATE).await?;
     remove_kind(ctx, resource_kind::ACM_CERTIFICATE).await
+}
+
+/// The distribution's settings: the operation's parameters for an update,
+/// the instance's otherwise.
+fn cdn_settings(ctx: &StepContext, cloud: &Cloud) -> Result<CdnSettings, StepError> {
+    let request = OperationRequest::parse(&ctx.operation);
+    let parameters = match request.parameters {
+        Some(p) => p,
+        None => serde_json::from_str(&ctx.instance.parameters)
+            .map_err(|e| StepError::Fail(format!("the instance's parameters: {e}")))?,
+    };
+    let default_origin = cloud
+        .config
+        .default_cloudfront_origin
+        .as_ref()
+        .map(|d| d.to_string())
+        .ok_or_else(|| StepError::Fail("DEFAULT_CLOUDFRONT_ORIGIN is not set".into()))?;
+    CdnSettings::parse(
+        parameters.as_object().unwrap_or(&serde_json::Map::new()),
+        &default_origin,
+    )
+    .map_err(|e| StepError::Fail(e.to_string()))
+}
+
+fn distribution_row(all: Vec<CloudResourceRow>) -> Option<CloudResourceRow> {
+    all.into_iter()
+        .find(|r| r.kind == resource_kind::CLOUDFRONT_DISTRIBUTION)
+}
+
+async fn apply_distribution(ctx: StepContext) -> StepResult {
+    let cloud = cloud(&ctx)?;
+    let cert = certificate_in_use(&ctx).await?;
+    let stored = stored_certificate(&ctx, &cert).await?;
+    let settings = cdn_settings(&ctx, &cloud)?;
+    let domains = OperationRequest::parse(&ctx.operation).domains;
+    let aliases: Vec<&str> = domains.iter().map(String::as_str).collect();
+    let spec = DistributionSpec {
+        caller_reference: &ctx.instance.id,
+        aliases: &aliases,
+        settings: &settings,
+        certificate: &stored,
+    };
+    let row = match distribution_row(resources(&ctx).await?) {
+        Some(row) if row.arn.is_some() => {
+            let id = row.arn.as_deref().unwrap_or_default();
+            cloud.update_distribution(id, &spec).await?;
+            tracing::info!(distribution = %id, "distribution updated");
+            return Ok(StepOutcome::Done);
+        }
+        Some(row) => row,
+        None => {
+            let row = new_resource(
+                &ctx,
+                resource_kind::CLOUDFRONT_DISTRIBUTION,
+                &ctx.instance.id,
+                None,
+                None,
+            );
+            insert_resource(&ctx, row.clone()).await?;
+            row
+        }
+    };
+    let made = cloud.create_distribution(&spec).await?;
+    tracing::info!(distribution = %made.id, domain = %made.domain_name, "distribution created");
+    let details = serde_json::to_value(&made).expect("serializes");
+    resource_made(&ctx, &row.id, &made.id, &details).await?;
+    Ok(StepOutcome::Done)
+}
+
+/// The instance's distribution row and its id, looked up by caller
+/// reference if a crash kept it from being recorded (None if it was never
+/// made); None when the instance has no distribution row.
+async fn recorded_distribution(
+    ctx: &StepContext,
+) -> Result<Option<(CloudResourceRow, Option<String>, Arc<Cloud>)>, StepError> {
+    let Some(row) = distribution_row(resources(ctx).await?) else {
+        return Ok(None);
+    };
+    let cloud = cloud(ctx)?;
+    if let Some(id) = row.arn.clone() {
+        return Ok(Some((row, Some(id), cloud)));
+    }
+    let found = cloud.find_distribution(&row.name).await?;
+    if let Some(found) = &found {
+        let details = serde_json::to_value(found).expect("serializes");
+        resource_made(ctx, &row.id, &found.id, &details).await?;
+    }
+    Ok(Some((row, found.map(|f| f.id), cloud)))
+}
+
+async fn wait_for_distribution(ctx: StepContext) -> StepResult {
+    let Some((_, Some(id), cloud)) = recorded_distribution(&ctx).await? else {
+        return Err(StepError::Fail("the instance has no distribution".into()));
+    };
+    match cloud.distribution_state(&id).await? {
+        Some(state) if state.deployed => Ok(StepOutcome::Done),
+        Some(_) => Ok(StepOutcome::Poll(cloud.config.poll_interval)),
+        None => Err(StepError::Fail(format!(
+            "the distribution {id} has disappeared"
+        ))),
+    }
+}
+
+async fn disable_distribution(ctx: StepContext) -> StepResult {
+    if let Some((_, Some(id), cloud)) = recorded_distribution(&ctx).await? {
+        cloud.disable_distribution(&id).await?;
+    }
+    Ok(StepOutcome::Done)
+}
+
+async fn wait_for_distribution_disabled(ctx: StepContext) -> StepResult {
+    if let Some((_, Some(id), cloud)) = recorded_distribution(&ctx).await?
+        && let Some(state) = cloud.distribution_state(&id).await?
+        && (state.enabled || !state.deployed)
+    {
+        return Ok(StepOutcome::Poll(cloud.config.poll_interval));
+    }
+    Ok(StepOutcome::Done)
+}
+
+async fn delete_distribution(ctx: StepContext) -> StepResult {
+    if let Some((row, id, cloud)) = recorded_distribution(&ctx).await? {
+        if let Some(id) = id {
+            cloud.delete_distribution(&id).await?;
+            tracing::info!(distribution = %id, "distribution deleted");
+        }
+        forget_resource(&ctx, &row.id).await?;
+    }
+    Ok(StepOutcome::Done)
 }

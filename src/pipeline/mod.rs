@@ -73,6 +73,9 @@ pub struct OperationRequest {
     /// For an update: the parameters the instance will have afterwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<serde_json::Value>,
+    /// An update of settings only: the current certificate stays.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_certificate: bool,
 }
 
 impl OperationRequest {
@@ -81,8 +84,9 @@ impl OperationRequest {
     }
 }
 
-pub fn steps(plan: Plan, action: Action) -> &'static [Step] {
+pub fn steps(plan: Plan, action: Action, keep_certificate: bool) -> &'static [Step] {
     match (plan, action) {
+        (Plan::DomainWithCdn, Action::Update) if keep_certificate => edge::CDN_UPDATE_SETTINGS,
         (Plan::Certificate, Action::Provision | Action::Update | Action::Renew) => {
             certificate::ISSUE_AND_ACTIVATE
         }
@@ -91,10 +95,10 @@ pub fn steps(plan: Plan, action: Action) -> &'static [Step] {
         (Plan::Domain, Action::Provision | Action::Update | Action::Renew) => {
             edge::ALB_ISSUE_AND_ACTIVATE
         }
-        // Refused at provision until it is built, so no operation of its
-        // other than a deprovision can exist.
-        (Plan::DomainWithCdn, Action::Deprovision) => edge::ALB_DEPROVISION,
-        (Plan::DomainWithCdn, _) => &[],
+        (Plan::DomainWithCdn, Action::Deprovision) => edge::CDN_DEPROVISION,
+        (Plan::DomainWithCdn, Action::Provision | Action::Update | Action::Renew) => {
+            edge::CDN_ISSUE_AND_ACTIVATE
+        }
     }
 }
 
@@ -103,8 +107,8 @@ pub fn wait_before_next_step(op: &OperationRow) -> Duration {
     (op.next_attempt_at - now()).to_std().unwrap_or_default()
 }
 
-pub fn first_description(plan: Plan, action: Action) -> &'static str {
-    steps(plan, action)
+pub fn first_description(plan: Plan, action: Action, keep_certificate: bool) -> &'static str {
+    steps(plan, action, keep_certificate)
         .first()
         .map_or("Finishing", |s| s.description)
 }
@@ -178,7 +182,7 @@ async fn run_next_step(
     tracing::debug!(operation_id = %op.id, next_step = op.next_step, "running step");
     let action = Action::parse(&op.kind).unwrap_or(Action::Provision);
     let plan = plan_of(&instance);
-    let table = steps(plan, action);
+    let table = steps(plan, action, OperationRequest::parse(&op).keep_certificate);
     let index = op.next_step.max(0) as usize;
     let op_id = op.id.clone();
     if let Some(step) = table.get(index) {

@@ -2,6 +2,7 @@
 //! domain, a load balancer with two HTTPS listeners, and an IAM path
 //! prefix. Tests look at AWS through these clients, as an operator would.
 
+use aws_sdk_cloudfront::types::DistributionConfig;
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, Certificate, LoadBalancerTypeEnum, ProtocolEnum,
 };
@@ -10,6 +11,9 @@ use domain_broker::cloud::Cloud;
 use domain_broker::config::AwsConfig;
 
 use crate::helpers::{env, random_label};
+
+/// The platform's router, as the CDN plan's default origin.
+pub const DEFAULT_ORIGIN: &str = "apps.platform.test";
 
 pub struct AwsWorld {
     pub cloud: Cloud,
@@ -116,7 +120,57 @@ impl AwsWorld {
             ("IAM_CERTIFICATE_PREFIX", self.prefix.clone()),
             ("ALB_OVERLAP_SLEEP_TIME", "0".into()),
             ("AWS_POLL_WAIT_TIME_IN_SECONDS", "1".into()),
+            ("DEFAULT_CLOUDFRONT_ORIGIN", DEFAULT_ORIGIN.into()),
         ]
+    }
+
+    /// The distribution made for an instance (its caller reference): id,
+    /// domain name and configuration.
+    pub async fn distribution(
+        &self,
+        instance_id: &str,
+    ) -> Option<(String, String, DistributionConfig)> {
+        let list = self
+            .cloud
+            .cloudfront
+            .list_distributions()
+            .send()
+            .await
+            .unwrap();
+        for summary in list
+            .distribution_list
+            .and_then(|l| l.items)
+            .unwrap_or_default()
+        {
+            let config = self
+                .cloud
+                .cloudfront
+                .get_distribution_config()
+                .id(&summary.id)
+                .send()
+                .await
+                .unwrap()
+                .distribution_config
+                .unwrap();
+            if config.caller_reference == instance_id {
+                return Some((summary.id, summary.domain_name, config));
+            }
+        }
+        None
+    }
+
+    /// The records in the zone named `<domain>.<DNS_ROOT_DOMAIN>`.
+    pub async fn aliases_of(&self, domain: &str) -> Vec<(String, String)> {
+        let name = alias_name(domain);
+        let mut found: Vec<(String, String)> = self
+            .alias_records()
+            .await
+            .into_iter()
+            .filter(|(n, _, _)| *n == name)
+            .map(|(_, t, target)| (t, target))
+            .collect();
+        found.sort();
+        found
     }
 
     /// (name, ARN) of the IAM server certificates under `/<service>/<prefix>/`.

@@ -5,7 +5,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::aws::{AwsWorld, alias_name};
+use crate::aws::{AwsWorld, DEFAULT_ORIGIN};
 use crate::both_backends;
 use crate::helpers::*;
 
@@ -16,25 +16,37 @@ pub async fn spawn_app_in(backend: Backend, world: &AwsWorld, extra: &[(&str, &s
     spawn_app_with(backend, &vars).await
 }
 
-fn alb_body(domains: &[&str]) -> Value {
+fn edge_body(plan: &str, parameters: Value) -> Value {
     json!({
         "service_id": SERVICE_ID,
-        "plan_id": DOMAIN_PLAN,
+        "plan_id": plan,
         "organization_guid": "org-1",
         "space_guid": "space-1",
-        "parameters": {"domains": domains},
+        "parameters": parameters,
     })
 }
 
-fn aliases_of(records: &[(String, String, String)], domain: &str) -> Vec<(String, String)> {
-    let name = alias_name(domain);
-    let mut found: Vec<(String, String)> = records
-        .iter()
-        .filter(|(n, _, _)| *n == name)
-        .map(|(_, t, target)| (t.clone(), target.clone()))
-        .collect();
-    found.sort();
-    found
+fn alb_body(domains: &[&str]) -> Value {
+    edge_body(DOMAIN_PLAN, json!({ "domains": domains }))
+}
+
+/// A and AAAA records, both to this target.
+fn both_to(target: &str) -> Vec<(String, String)> {
+    vec![
+        ("A".to_string(), target.to_string()),
+        ("AAAA".to_string(), target.to_string()),
+    ]
+}
+
+async fn patch(app: &TestApp, id: &str, parameters: Value) -> reqwest::Response {
+    app.request(
+        Method::PATCH,
+        &format!("/v2/service_instances/{id}?accepts_incomplete=true"),
+    )
+    .json(&json!({"service_id": SERVICE_ID, "parameters": parameters}))
+    .send()
+    .await
+    .unwrap()
 }
 
 async fn alb_lifecycle(backend: Backend) {
@@ -66,26 +78,13 @@ async fn alb_lifecycle(backend: Backend) {
         world.listener_certificates(&world.listeners[1]).await,
         vec![first_arn.clone()]
     );
-    let records = world.alias_records().await;
-    let expected = |d: &str| {
-        let _ = d;
-        vec![
-            ("A".to_string(), world.load_balancer_dns.clone()),
-            ("AAAA".to_string(), world.load_balancer_dns.clone()),
-        ]
-    };
-    assert_eq!(aliases_of(&records, &a), expected(&a), "{records:?}");
+    let expected = both_to(&world.load_balancer_dns);
+    assert_eq!(world.aliases_of(&a).await, expected);
     assert!(txt_values(&challenge_txt_name(&a)).is_empty());
 
     // An update that changes the domains: a new certificate in place, the
     // old one gone from the listener and from IAM, and a's records gone.
-    let path = format!("/v2/service_instances/{id}?accepts_incomplete=true");
-    let res = app
-        .request(Method::PATCH, &path)
-        .json(&json!({"service_id": SERVICE_ID, "parameters": {"domains": [b.clone()]}}))
-        .send()
-        .await
-        .unwrap();
+    let res = patch(&app, &id, json!({"domains": [b.clone()]})).await;
     assert_eq!(res.status(), 202);
     let done = app.wait_done(&id).await;
     assert_eq!(done["state"], "succeeded", "{done}");
@@ -100,17 +99,11 @@ async fn alb_lifecycle(backend: Backend) {
     .concat();
     assert!(on_listeners.contains(&second_arn), "{on_listeners:?}");
     assert!(!on_listeners.contains(&first_arn), "{on_listeners:?}");
-    let records = world.alias_records().await;
-    assert!(aliases_of(&records, &a).is_empty(), "{records:?}");
-    assert_eq!(aliases_of(&records, &b), expected(&b), "{records:?}");
+    assert!(world.aliases_of(&a).await.is_empty());
+    assert_eq!(world.aliases_of(&b).await, expected);
 
     // The same domains again: nothing to do.
-    let res = app
-        .request(Method::PATCH, &path)
-        .json(&json!({"service_id": SERVICE_ID, "parameters": {"domains": [b.clone()]}}))
-        .send()
-        .await
-        .unwrap();
+    let res = patch(&app, &id, json!({"domains": [b.clone()]})).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "{}");
 
@@ -133,4 +126,129 @@ async fn alb_lifecycle(backend: Backend) {
     assert_eq!(app.count("cloud_resources").await, 0);
 }
 
-both_backends!(alb_lifecycle);
+/// `domain-with-cdn`: a distribution with the original's settings serving
+/// the certificate, ALIAS records to it; a domain change with new headers;
+/// a settings-only change that keeps the certificate; a deprovision that
+/// leaves nothing.
+async fn cdn_lifecycle(backend: Backend) {
+    let world = AwsWorld::new().await;
+    let app = spawn_app_in(backend, &world, &[]).await;
+    let (a, b) = (delegated_domain().await, delegated_domain().await);
+    let id = format!("cdn-{}", random_label());
+
+    let res = app
+        .provision(
+            &id,
+            &edge_body(
+                CDN_PLAN,
+                json!({"domains": a, "forward_cookies": "session"}),
+            ),
+        )
+        .await;
+    assert_eq!(res.status(), 202);
+    let done = app.wait_done(&id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let certs = world.iam_certificates("cloudfront").await;
+    assert_eq!(certs.len(), 1, "{certs:?}");
+    let first_cert = certs[0].0.clone();
+    let (dist_id, dist_domain, config) = world.distribution(&id).await.expect("a distribution");
+    assert!(config.enabled);
+    assert_eq!(config.aliases.as_ref().unwrap().items(), [a.as_str()]);
+    let origin = &config.origins.as_ref().unwrap().items()[0];
+    assert_eq!(origin.domain_name, DEFAULT_ORIGIN);
+    assert_eq!(
+        origin
+            .custom_origin_config
+            .as_ref()
+            .unwrap()
+            .origin_protocol_policy
+            .as_str(),
+        "https-only"
+    );
+    let viewer = config.viewer_certificate.as_ref().unwrap();
+    assert_eq!(
+        viewer.ssl_support_method.as_ref().unwrap().as_str(),
+        "sni-only"
+    );
+    assert_eq!(
+        viewer.minimum_protocol_version.as_ref().unwrap().as_str(),
+        "TLSv1.2_2021"
+    );
+    assert!(viewer.iam_certificate_id.is_some());
+    assert!(config.is_ipv6_enabled == Some(true));
+    let behavior = config.default_cache_behavior.as_ref().unwrap();
+    assert_eq!(
+        behavior.viewer_protocol_policy.as_str(),
+        "redirect-to-https"
+    );
+    #[allow(deprecated)]
+    let forwarded = behavior.forwarded_values.as_ref().unwrap();
+    assert_eq!(forwarded.headers.as_ref().unwrap().items(), ["HOST"]);
+    let cookies = forwarded.cookies.as_ref().unwrap();
+    assert_eq!(cookies.forward.as_str(), "whitelist");
+    assert_eq!(
+        cookies.whitelisted_names.as_ref().unwrap().items(),
+        ["session"]
+    );
+    assert_eq!(world.aliases_of(&a).await, both_to(&dist_domain));
+
+    // New domains and headers: a new certificate on the same distribution.
+    let res = patch(
+        &app,
+        &id,
+        json!({"domains": [b.clone()], "forward_headers": "x-custom"}),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    let done = app.wait_done(&id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let certs = world.iam_certificates("cloudfront").await;
+    assert_eq!(certs.len(), 1, "{certs:?}");
+    assert_ne!(certs[0].0, first_cert);
+    let second_cert = certs[0].0.clone();
+    let (same_id, _, config) = world.distribution(&id).await.expect("a distribution");
+    assert_eq!(same_id, dist_id);
+    assert_eq!(config.aliases.as_ref().unwrap().items(), [b.as_str()]);
+    #[allow(deprecated)]
+    let headers = config
+        .default_cache_behavior
+        .as_ref()
+        .unwrap()
+        .forwarded_values
+        .as_ref()
+        .unwrap()
+        .headers
+        .clone()
+        .unwrap();
+    assert_eq!(headers.items(), ["HOST", "X-CUSTOM"]);
+    assert!(world.aliases_of(&a).await.is_empty());
+    assert_eq!(world.aliases_of(&b).await, both_to(&dist_domain));
+
+    // Settings only: the distribution changes, the certificate stays.
+    let res = patch(&app, &id, json!({"error_responses": {"404": "/404.html"}})).await;
+    assert_eq!(res.status(), 202);
+    let done = app.wait_done(&id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(world.iam_certificates("cloudfront").await[0].0, second_cert);
+    let (_, _, config) = world.distribution(&id).await.expect("a distribution");
+    let errors = config.custom_error_responses.as_ref().unwrap();
+    assert_eq!(errors.items()[0].error_code, 404);
+    assert_eq!(
+        errors.items()[0].response_page_path.as_deref(),
+        Some("/404.html")
+    );
+    assert_eq!(config.aliases.as_ref().unwrap().items(), [b.as_str()]);
+    // The same again: nothing to do.
+    let res = patch(&app, &id, json!({"error_responses": {"404": "/404.html"}})).await;
+    assert_eq!(res.status(), 200);
+
+    assert_eq!(app.deprovision(&id).await.status(), 202);
+    let done = app.wait_done(&id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(world.distribution(&id).await.is_none());
+    assert!(world.iam_certificates("cloudfront").await.is_empty());
+    assert!(world.alias_records().await.is_empty());
+    assert_eq!(app.count("cloud_resources").await, 0);
+}
+
+both_backends!(alb_lifecycle, cdn_lifecycle);
