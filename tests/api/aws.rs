@@ -130,6 +130,15 @@ impl AwsWorld {
         &self,
         instance_id: &str,
     ) -> Option<(String, String, DistributionConfig)> {
+        self.distributions(instance_id).await.into_iter().next()
+    }
+
+    /// Every distribution made for an instance (there should be one).
+    pub async fn distributions(
+        &self,
+        instance_id: &str,
+    ) -> Vec<(String, String, DistributionConfig)> {
+        let mut found = Vec::new();
         let list = self
             .cloud
             .cloudfront
@@ -153,10 +162,10 @@ impl AwsWorld {
                 .distribution_config
                 .unwrap();
             if config.caller_reference == instance_id {
-                return Some((summary.id, summary.domain_name, config));
+                found.push((summary.id, summary.domain_name, config));
             }
         }
-        None
+        found
     }
 
     /// The records in the zone named `<domain>.<DNS_ROOT_DOMAIN>`.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::aws::AwsWorld;
 use crate::both_backends;
 use crate::helpers::*;
 use crate::process::*;
@@ -111,6 +112,92 @@ both_backends!(
     killed_mid_provision_resumes,
     terminated_mid_provision_resumes
 );
+
+/// SIGKILL between "distribution created" and "ALIAS written": the restart
+/// finishes the provision with the same distribution, not a second one.
+async fn killed_between_distribution_and_alias_resumes(backend: Backend) {
+    let world = AwsWorld::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database(backend, dir.path()).await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut extra: Vec<(&str, String)> = world.settings();
+    extra.push(("BROKER_ADDR", addr.clone()));
+    // The distribution reads "InProgress" once: the wait polls after 3 s.
+    extra.push(("AWS_POLL_WAIT_TIME_IN_SECONDS", "3".into()));
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let vars = broker_env(&database_url, &extra);
+    let client = Client::new(&addr, &vars);
+    let domain = delegated_domain().await;
+    let id = format!("crash-cdn-{}", random_label());
+
+    let broker = BrokerProcess::start(&vars);
+    wait_until_listening(&addr).await;
+    let mut body = provision_body(&domain);
+    body["plan_id"] = CDN_PLAN.into();
+    let res = client
+        .request(
+            reqwest::Method::PUT,
+            &format!("{id}?accepts_incomplete=true"),
+        )
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = client.last_operation(&id).await.unwrap();
+        if body["description"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("Waiting for the CloudFront distribution to deploy"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reached the distribution wait: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker.stop("KILL");
+    assert_eq!(
+        world.distributions(&id).await.len(),
+        1,
+        "the distribution was made"
+    );
+    assert!(
+        world.aliases_of(&domain).await.is_empty(),
+        "no ALIAS record yet"
+    );
+
+    let _broker = BrokerProcess::start(&vars);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        if let Some(body) = client.last_operation(&id).await
+            && body["state"] != "in progress"
+        {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted broker did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let distributions = world.distributions(&id).await;
+    assert_eq!(distributions.len(), 1, "a second distribution was made");
+    let target = distributions[0].1.clone();
+    assert_eq!(
+        world.aliases_of(&domain).await,
+        vec![
+            ("A".to_string(), target.clone()),
+            ("AAAA".to_string(), target)
+        ]
+    );
+}
+
+both_backends!(killed_between_distribution_and_alias_resumes);
 
 /// The CLI: `catalog` prints the catalog, `migrate` applies migrations, and
 /// `serve` with a missing setting stops and names it.
