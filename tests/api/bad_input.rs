@@ -209,8 +209,94 @@ async fn cname_problems_are_explained(backend: Backend) {
     assert_eq!(app.wait_done(&id).await["state"], "succeeded");
 }
 
+/// Every check of the CDN plan's parameters, with the original broker's
+/// messages, and parameters a plan does not know.
+async fn edge_parameters_are_checked(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let domain = delegated_domain().await;
+    let cdn = |extra: Value| {
+        let mut b = provision_body(&domain);
+        b["plan_id"] = json!(CDN_PLAN);
+        b["parameters"]
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    for (extra, expected) in [
+        (
+            json!({"origin": "not_a_host"}),
+            "not_a_host is not a valid hostname",
+        ),
+        (json!({"origin": 7}), "'origin' must be a string."),
+        (
+            json!({"insecure_origin": true}),
+            "'insecure_origin' cannot be set when using the default origin.",
+        ),
+        (
+            json!({"origin": "app.example.com", "insecure_origin": "yes"}),
+            "'insecure_origin' must be true or false.",
+        ),
+        (
+            json!({"forward_headers": "x-a,,x-b"}),
+            "Headers cannot be empty",
+        ),
+        (
+            json!({"forward_headers": "x-a,x(b)"}),
+            "x(b) contains these invalid characters: ()",
+        ),
+        (
+            json!({"forward_cookies": ["a"]}),
+            "'forward_cookies' must be a string.",
+        ),
+        (
+            json!({"error_responses": ["404"]}),
+            "error_response should be a dictionary of error code: response path",
+        ),
+        (
+            json!({"error_responses": {"200": "/ok"}}),
+            "error_response keys must be strings",
+        ),
+        (
+            json!({"error_responses": {"404": 404}}),
+            "error_response values must be strings",
+        ),
+        (
+            json!({"error_responses": {"404": ""}}),
+            "error_response values must not be empty",
+        ),
+        (
+            json!({"error_responses": {"404": "404.html"}}),
+            "error_response path must be a path starting with `/`",
+        ),
+        (
+            json!({"cache_policy": "CachingFast"}),
+            "'CachingFast' is not an allowed value for cache_policy.",
+        ),
+        (
+            json!({"origin_request_policy": "Everything"}),
+            "'Everything' is not an allowed value for origin_request_policy.",
+        ),
+        (
+            json!({"path": "app/"}),
+            "'path' must be empty or start with '/'",
+        ),
+        (
+            json!({"colour": "blue"}),
+            "Unknown parameter(s) for this plan: colour.",
+        ),
+    ] {
+        refused(&app, cdn(extra), expected).await;
+    }
+    let mut alb = provision_body(&domain);
+    alb["plan_id"] = json!(DOMAIN_PLAN);
+    alb["parameters"]["origin"] = json!("app.example.com");
+    refused(&app, alb, "Unknown parameter(s) for this plan: origin.").await;
+}
+
 both_backends!(
     malformed_requests,
     domains_held_by_another_instance,
-    cname_problems_are_explained
+    cname_problems_are_explained,
+    edge_parameters_are_checked
 );

@@ -241,6 +241,23 @@ async fn cdn_lifecycle(backend: Backend) {
     // The same again: nothing to do.
     let res = patch(&app, &id, json!({"error_responses": {"404": "/404.html"}})).await;
     assert_eq!(res.status(), 200);
+    // A bad setting, or another plan, is refused and changes nothing.
+    let before = app.snapshot().await;
+    let res = patch(&app, &id, json!({"cache_policy": "Nope"})).await;
+    assert_eq!(res.status(), 400);
+    let res = app
+        .request(
+            Method::PATCH,
+            &format!("/v2/service_instances/{id}?accepts_incomplete=true"),
+        )
+        .json(&json!({"service_id": SERVICE_ID, "plan_id": DOMAIN_PLAN}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    let text = res.json::<Value>().await.unwrap()["description"].to_string();
+    assert!(text.contains("cannot be changed"), "{text}");
+    assert_eq!(app.snapshot().await, before);
 
     assert_eq!(app.deprovision(&id).await.status(), 202);
     let done = app.wait_done(&id).await;
