@@ -201,6 +201,18 @@ impl AwsWorld {
             .collect()
     }
 
+    /// The ARNs of the ACM certificates for a domain (ACM is not ours
+    /// alone: other tests import too).
+    pub async fn acm_certificates(&self, domain: &str) -> Vec<String> {
+        let out = self.cloud.acm.list_certificates().send().await.unwrap();
+        out.certificate_summary_list
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.domain_name.as_deref() == Some(domain))
+            .filter_map(|c| c.certificate_arn)
+            .collect()
+    }
+
     /// The certificate ARNs on a listener, its default left out.
     pub async fn listener_certificates(&self, listener: &str) -> Vec<String> {
         let out = self

@@ -268,4 +268,33 @@ async fn cdn_lifecycle(backend: Backend) {
     assert_eq!(app.count("cloud_resources").await, 0);
 }
 
-both_backends!(alb_lifecycle, cdn_lifecycle);
+/// `CERTIFICATE_STORE=acm`: the certificate is imported into ACM, the
+/// distribution serves it by ARN, and a deprovision deletes it.
+async fn acm_certificate_store(backend: Backend) {
+    let world = AwsWorld::new().await;
+    let app = spawn_app_in(backend, &world, &[("CERTIFICATE_STORE", "acm")]).await;
+    let domain = delegated_domain().await;
+    let id = format!("acm-{}", random_label());
+    let res = app
+        .provision(&id, &edge_body(CDN_PLAN, json!({ "domains": domain })))
+        .await;
+    assert_eq!(res.status(), 202);
+    let done = app.wait_done(&id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let made = world.acm_certificates(&domain).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert!(world.iam_certificates("cloudfront").await.is_empty());
+    let (_, _, config) = world.distribution(&id).await.expect("a distribution");
+    let viewer = config.viewer_certificate.unwrap();
+    assert_eq!(viewer.acm_certificate_arn.as_ref(), Some(&made[0]));
+    // moto answers an empty IAMCertificateId where AWS leaves it out.
+    assert_eq!(viewer.iam_certificate_id.unwrap_or_default(), "");
+
+    assert_eq!(app.deprovision(&id).await.status(), 202);
+    let done = app.wait_done(&id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(world.acm_certificates(&domain).await.is_empty());
+    assert!(world.distribution(&id).await.is_none());
+}
+
+both_backends!(alb_lifecycle, cdn_lifecycle, acm_certificate_store);
