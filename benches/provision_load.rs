@@ -126,7 +126,7 @@ fn provision_load(c: &mut Criterion) {
     })
     .config()
     .expect("run through ./dev bench");
-    let dns = Arc::new(ChallengeRecords::new(&config.dns).unwrap());
+    let dns = Arc::new(ChallengeRecords::new(&config.dns, None).unwrap());
     let account = system.block_on(async {
         let roots = Arc::new(root_store(&config.acme).unwrap());
         let (account, _) = Account::builder_with_http(http_client(roots))

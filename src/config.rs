@@ -77,6 +77,8 @@ pub enum DnsProvider {
         secret: Vec<u8>,
         algorithm: TsigAlgorithm,
     },
+    /// TXT records in the Route53 zone ROUTE53_ZONE_ID.
+    Route53,
 }
 
 #[derive(Clone, Debug)]
@@ -165,8 +167,9 @@ impl AwsConfig {
         missing
     }
 
-    /// Whether any AWS plan can run, and so AWS clients are needed.
-    pub fn in_use(&self) -> bool {
+    /// Whether an AWS plan can run, so that AWS clients are needed (as
+    /// they also are for DNS_PROVIDER=route53).
+    pub fn plans_in_use(&self) -> bool {
         use crate::domain::Plan;
         [Plan::Domain, Plan::DomainWithCdn]
             .into_iter()
@@ -474,10 +477,24 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         &self,
         host_port: &dyn Fn(&str) -> Option<SocketAddr>,
     ) -> Result<DnsProvider, ConfigError> {
-        let provider = self.parsed("DNS_PROVIDER", Some("rfc2136"), "rfc2136", |s| {
-            (s == "rfc2136").then_some(())
-        });
-        provider?;
+        let route53 =
+            self.parsed(
+                "DNS_PROVIDER",
+                Some("rfc2136"),
+                "rfc2136 or route53",
+                |s| match s {
+                    "rfc2136" => Some(false),
+                    "route53" => Some(true),
+                    _ => None,
+                },
+            )?;
+        if route53 {
+            self.required(
+                "ROUTE53_ZONE_ID",
+                "DNS_PROVIDER=route53 writes challenge records into this hosted zone",
+            )?;
+            return Ok(DnsProvider::Route53);
+        }
         Ok(DnsProvider::Rfc2136 {
             server: self.parsed(
                 "RFC2136_SERVER",

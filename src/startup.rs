@@ -11,6 +11,7 @@ use tracing_actix_web::TracingLogger;
 use crate::acme::AcmeClient;
 use crate::actors::{Store, Supervisor};
 use crate::config::Config;
+use crate::config::DnsProvider;
 use crate::crypto::Cipher;
 use crate::deps::Deps;
 use crate::dns::{ChallengeRecords, CnameChecker};
@@ -66,13 +67,14 @@ impl Broker {
         let cipher = Cipher::new(&config.encryption_key);
         let acme = AcmeClient::new(&config.acme, store.clone(), cipher.clone())
             .map_err(|e| StartupError::Acme(e.to_string()))?;
-        let dns =
-            ChallengeRecords::new(&config.dns).map_err(|e| StartupError::Dns(e.to_string()))?;
-        let cname = CnameChecker::new(&config.dns);
-        let cloud = match config.aws.in_use() {
+        let route53_records = config.dns.provider == DnsProvider::Route53;
+        let cloud = match config.aws.plans_in_use() || route53_records {
             true => Some(Arc::new(crate::cloud::Cloud::new(&config.aws).await)),
             false => None,
         };
+        let dns = ChallengeRecords::new(&config.dns, cloud.clone())
+            .map_err(|e| StartupError::Dns(e.to_string()))?;
+        let cname = CnameChecker::new(&config.dns);
         let deps = Deps {
             cloud,
             config: Arc::new(config.clone()),

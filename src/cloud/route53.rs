@@ -1,9 +1,11 @@
 //! ALIAS records that send a user's traffic (`<domain>.<DNS_ROOT_DOMAIN>`,
 //! the target of the user's CNAME) to a load balancer or a distribution.
 
+use std::time::Duration;
+
 use aws_sdk_route53::types::{
-    AliasTarget as R53Alias, Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecordSet,
-    RrType,
+    AliasTarget as R53Alias, Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecord,
+    ResourceRecordSet, RrType,
 };
 
 use super::alb::AliasTarget;
@@ -11,6 +13,14 @@ use super::{Cloud, CloudError, built};
 
 /// CloudFront's hosted zone, the same for every distribution.
 pub const CLOUDFRONT_HOSTED_ZONE_ID: &str = "Z2FDTNDATAQYW2";
+
+/// Challenge records live briefly; a short TTL keeps resolvers from holding
+/// on to an old value.
+const TXT_TTL: i64 = 60;
+
+/// How long a challenge record change may take to reach every Route53
+/// server before the write counts as failed (and is retried).
+const CHANGE_DEADLINE: Duration = Duration::from_secs(120);
 
 impl Cloud {
     fn zone_id(&self) -> Result<&str, CloudError> {
@@ -95,6 +105,107 @@ impl Cloud {
             Err(e) if e.is(&["InvalidChangeBatch"]) => Ok(()),
             other => other.map(|_| ()),
         }
+    }
+
+    /// Adds one value to the TXT set at `name` (an apex and its wildcard
+    /// share a name) and waits until Route53 serves it.
+    pub async fn add_txt(&self, name: &str, value: &str) -> Result<(), CloudError> {
+        let mut values = self.txt_values(name).await?;
+        let quoted = format!("\"{value}\"");
+        if values.contains(&quoted) {
+            return Ok(());
+        }
+        values.push(quoted);
+        let change = self.txt_change(ChangeAction::Upsert, name, values)?;
+        if let Some(id) = self.change(vec![change]).await? {
+            self.wait_in_sync(&id).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes exactly this value from the TXT set at `name`; one already
+    /// gone is fine.
+    pub async fn remove_txt(&self, name: &str, value: &str) -> Result<(), CloudError> {
+        let values = self.txt_values(name).await?;
+        let quoted = format!("\"{value}\"");
+        if !values.contains(&quoted) {
+            return Ok(());
+        }
+        let rest: Vec<String> = values.iter().filter(|v| **v != quoted).cloned().collect();
+        let change = if rest.is_empty() {
+            self.txt_change(ChangeAction::Delete, name, values)?
+        } else {
+            self.txt_change(ChangeAction::Upsert, name, rest)?
+        };
+        match self.change(vec![change]).await {
+            Err(e) if e.is(&["InvalidChangeBatch"]) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// The values (quoted, as Route53 keeps them) of the TXT set at `name`.
+    async fn txt_values(&self, name: &str) -> Result<Vec<String>, CloudError> {
+        let wanted = name.trim_end_matches('.');
+        let listed = self
+            .route53
+            .list_resource_record_sets()
+            .hosted_zone_id(self.zone_id()?)
+            .start_record_name(name)
+            .start_record_type(RrType::Txt)
+            .max_items(1)
+            .send()
+            .await
+            .map_err(|e| CloudError::sdk("route53:ListResourceRecordSets", e))?;
+        Ok(listed
+            .resource_record_sets()
+            .iter()
+            .filter(|s| s.r#type() == &RrType::Txt)
+            .filter(|s| s.name().trim_end_matches('.').eq_ignore_ascii_case(wanted))
+            .flat_map(|s| s.resource_records().iter().map(|r| r.value().to_string()))
+            .collect())
+    }
+
+    fn txt_change(
+        &self,
+        action: ChangeAction,
+        name: &str,
+        values: Vec<String>,
+    ) -> Result<Change, CloudError> {
+        const OP: &str = "route53:ChangeResourceRecordSets";
+        let records = values
+            .into_iter()
+            .map(|v| built(OP, ResourceRecord::builder().value(v).build()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let set = built(
+            OP,
+            ResourceRecordSet::builder()
+                .name(name)
+                .r#type(RrType::Txt)
+                .ttl(TXT_TTL)
+                .set_resource_records(Some(records))
+                .build(),
+        )?;
+        built(
+            OP,
+            Change::builder()
+                .action(action)
+                .resource_record_set(set)
+                .build(),
+        )
+    }
+
+    async fn wait_in_sync(&self, change_id: &str) -> Result<(), CloudError> {
+        let deadline = tokio::time::Instant::now() + CHANGE_DEADLINE;
+        while !self.change_in_sync(change_id).await? {
+            if tokio::time::Instant::now() > deadline {
+                return Err(CloudError::unexpected(
+                    "route53:GetChange",
+                    format!("change {change_id} not in sync after {CHANGE_DEADLINE:?}"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        Ok(())
     }
 
     async fn change(&self, changes: Vec<Change>) -> Result<Option<String>, CloudError> {

@@ -1,7 +1,11 @@
-//! Challenge TXT records in the broker's zone, by RFC 2136 with TSIG.
+//! Challenge TXT records in the broker's zone: by RFC 2136 with TSIG, or
+//! in a Route53 hosted zone.
+
+use std::sync::Arc;
 
 use dns_update::{DnsRecord, DnsRecordType, DnsUpdater, TsigAlgorithm};
 
+use crate::cloud::Cloud;
 use crate::config::{DnsConfig, DnsProvider, TsigAlgorithm as Algorithm};
 use crate::domain::DomainName;
 
@@ -26,18 +30,39 @@ impl DnsError {
 }
 
 pub struct ChallengeRecords {
-    updater: DnsUpdater,
+    provider: Provider,
     zone: DomainName,
 }
 
+enum Provider {
+    Rfc2136(DnsUpdater),
+    Route53(Arc<Cloud>),
+}
+
 impl ChallengeRecords {
-    pub fn new(config: &DnsConfig) -> Result<ChallengeRecords, DnsError> {
-        let DnsProvider::Rfc2136 {
-            server,
-            key_name,
-            secret,
-            algorithm,
-        } = &config.provider;
+    /// `cloud` is needed (and given) for DNS_PROVIDER=route53.
+    pub fn new(
+        config: &DnsConfig,
+        cloud: Option<Arc<Cloud>>,
+    ) -> Result<ChallengeRecords, DnsError> {
+        let (server, key_name, secret, algorithm) = match &config.provider {
+            DnsProvider::Rfc2136 {
+                server,
+                key_name,
+                secret,
+                algorithm,
+            } => (server, key_name, secret, algorithm),
+            DnsProvider::Route53 => {
+                let cloud = cloud.ok_or_else(|| DnsError {
+                    name: config.root_domain.to_string(),
+                    message: "DNS_PROVIDER=route53 needs the AWS settings".into(),
+                })?;
+                return Ok(ChallengeRecords {
+                    provider: Provider::Route53(cloud),
+                    zone: config.root_domain.clone(),
+                });
+            }
+        };
         let algorithm = match algorithm {
             Algorithm::HmacSha256 => TsigAlgorithm::HmacSha256,
             Algorithm::HmacSha384 => TsigAlgorithm::HmacSha384,
@@ -55,7 +80,7 @@ impl ChallengeRecords {
             message: e.to_string(),
         })?;
         Ok(ChallengeRecords {
-            updater,
+            provider: Provider::Rfc2136(updater),
             zone: config.root_domain.clone(),
         })
     }
@@ -78,29 +103,41 @@ impl ChallengeRecords {
     /// apex and its wildcard share one name.
     pub async fn add_txt(&self, name: &str, value: &str) -> Result<(), DnsError> {
         self.check_in_zone(name)?;
-        self.updater
-            .add_to_rrset(
-                name,
-                DnsRecordType::TXT,
-                TXT_TTL,
-                vec![DnsRecord::TXT(value.to_string())],
-                self.zone.as_str(),
-            )
-            .await
-            .map_err(|e| DnsError::at(name, e))
+        match &self.provider {
+            Provider::Rfc2136(updater) => updater
+                .add_to_rrset(
+                    name,
+                    DnsRecordType::TXT,
+                    TXT_TTL,
+                    vec![DnsRecord::TXT(value.to_string())],
+                    self.zone.as_str(),
+                )
+                .await
+                .map_err(|e| DnsError::at(name, e)),
+            Provider::Route53(cloud) => cloud
+                .add_txt(name, value)
+                .await
+                .map_err(|e| DnsError::at(name, e)),
+        }
     }
 
     /// Removes exactly this value; a value already gone is no error.
     pub async fn remove_txt(&self, name: &str, value: &str) -> Result<(), DnsError> {
         self.check_in_zone(name)?;
-        self.updater
-            .remove_from_rrset(
-                name,
-                DnsRecordType::TXT,
-                vec![DnsRecord::TXT(value.to_string())],
-                self.zone.as_str(),
-            )
-            .await
-            .map_err(|e| DnsError::at(name, e))
+        match &self.provider {
+            Provider::Rfc2136(updater) => updater
+                .remove_from_rrset(
+                    name,
+                    DnsRecordType::TXT,
+                    vec![DnsRecord::TXT(value.to_string())],
+                    self.zone.as_str(),
+                )
+                .await
+                .map_err(|e| DnsError::at(name, e)),
+            Provider::Route53(cloud) => cloud
+                .remove_txt(name, value)
+                .await
+                .map_err(|e| DnsError::at(name, e)),
+        }
     }
 }

@@ -232,6 +232,24 @@ impl AwsWorld {
             .collect()
     }
 
+    /// The values of the TXT records at `name`, unquoted.
+    pub async fn txt_values(&self, name: &str) -> Vec<String> {
+        let out = self
+            .cloud
+            .route53
+            .list_resource_record_sets()
+            .hosted_zone_id(&self.zone_id)
+            .send()
+            .await
+            .unwrap();
+        out.resource_record_sets
+            .into_iter()
+            .filter(|s| s.r#type == RrType::Txt && s.name.trim_end_matches('.') == name)
+            .flat_map(|s| s.resource_records.unwrap_or_default())
+            .map(|r| r.value.trim_matches('"').to_string())
+            .collect()
+    }
+
     /// The A and AAAA alias records in the zone: (name, type, target).
     pub async fn alias_records(&self) -> Vec<(String, String, String)> {
         let out = self
