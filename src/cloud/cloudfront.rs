@@ -91,17 +91,13 @@ impl Cloud {
                 .and_then(|l| l.items)
                 .unwrap_or_default();
             for summary in items {
-                let config = self
-                    .cloudfront
-                    .get_distribution_config()
-                    .id(&summary.id)
-                    .send()
-                    .await
-                    .map_err(|e| CloudError::sdk("cloudfront:GetDistributionConfig", e))?;
-                if config
-                    .distribution_config
-                    .is_some_and(|c| c.caller_reference == caller_reference)
-                {
+                let config = match self.distribution_config_of(&summary.id).await {
+                    Ok((config, _)) => config,
+                    // Deleted since it was listed: not ours to find.
+                    Err(e) if e.is(NOT_FOUND) => continue,
+                    Err(e) => return Err(e),
+                };
+                if config.caller_reference == caller_reference {
                     return Ok(Some(DistributionInfo {
                         id: summary.id,
                         domain_name: summary.domain_name,

@@ -35,7 +35,7 @@ pub struct ChallengeRecords {
 }
 
 enum Provider {
-    Rfc2136(DnsUpdater),
+    Rfc2136(Box<DnsUpdater>),
     Route53(Arc<Cloud>),
 }
 
@@ -80,7 +80,7 @@ impl ChallengeRecords {
             message: e.to_string(),
         })?;
         Ok(ChallengeRecords {
-            provider: Provider::Rfc2136(updater),
+            provider: Provider::Rfc2136(Box::new(updater)),
             zone: config.root_domain.clone(),
         })
     }

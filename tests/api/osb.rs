@@ -503,11 +503,15 @@ async fn binding_rules(backend: Backend) {
 }
 
 /// An AWS plan the operator has not set up is refused, naming what is
-/// missing; the CDN plan is not built yet.
+/// missing.
 async fn edge_plans_need_their_settings(backend: Backend) {
     let app = spawn_app_with(
         backend,
-        &[("ROUTE53_ZONE_ID", ""), ("ALB_LISTENER_ARNS", "")],
+        &[
+            ("ROUTE53_ZONE_ID", ""),
+            ("ALB_LISTENER_ARNS", ""),
+            ("DEFAULT_CLOUDFRONT_ORIGIN", ""),
+        ],
     )
     .await;
     let before = app.snapshot().await;
@@ -516,7 +520,10 @@ async fn edge_plans_need_their_settings(backend: Backend) {
             DOMAIN_PLAN,
             "has not set ROUTE53_ZONE_ID and ALB_LISTENER_ARNS",
         ),
-        (CDN_PLAN, "not available yet"),
+        (
+            CDN_PLAN,
+            "has not set ROUTE53_ZONE_ID and DEFAULT_CLOUDFRONT_ORIGIN",
+        ),
     ] {
         let mut body = provision_body(&delegated_domain().await);
         body["plan_id"] = json!(plan);
@@ -546,8 +553,8 @@ both_backends!(
     edge_plans_need_their_settings,
 );
 
-/// Only the certificate plan is bindable. Edge-plan instances cannot be
-/// provisioned yet, so one is put in the store as a provisioned row.
+/// Only the certificate plan is bindable. A provisioned row stands in for
+/// an edge-plan instance, which keeps this test free of AWS.
 async fn edge_plan_instances_are_not_bindable(backend: Backend) {
     use diesel_async::RunQueryDsl;
     use domain_broker::db::models::InstanceRow;
