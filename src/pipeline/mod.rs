@@ -348,7 +348,10 @@ async fn finish(
     outcome: Result<(), String>,
 ) -> Result<(), DbError> {
     let (op_state, description) = match &outcome {
-        Ok(()) => (operation_state::SUCCEEDED, success_description(action)),
+        Ok(()) => (
+            operation_state::SUCCEEDED,
+            success_description(plan_of(instance), action, &deps.config.dns.root_domain),
+        ),
         Err(reason) => (operation_state::FAILED, failure_description(action, reason)),
     };
     let (from, to) = match (action, outcome.is_ok()) {
@@ -392,14 +395,25 @@ async fn finish(
         .await
 }
 
-fn success_description(action: Action) -> String {
+fn success_description(plan: Plan, action: Action, root: &crate::domain::DomainName) -> String {
+    let served_by = match (plan, action) {
+        (Plan::Domain, Action::Provision) => "the load balancer serves it",
+        (Plan::DomainWithCdn, Action::Provision) => "the CloudFront distribution is deployed",
+        (_, action) => return success_sentence(action).to_string(),
+    };
+    format!(
+        "The certificate has been issued and {served_by}; traffic arrives once each \
+         domain has a CNAME to <domain>.{root}."
+    )
+}
+
+fn success_sentence(action: Action) -> &'static str {
     match action {
         Action::Provision => "The certificate has been issued and is ready.",
         Action::Update => "The instance has been updated.",
         Action::Renew => "The certificate has been renewed.",
         Action::Deprovision => "The instance and everything the broker made for it are deleted.",
     }
-    .to_string()
 }
 
 fn failure_description(action: Action, reason: &str) -> String {

@@ -112,6 +112,18 @@ impl AwsWorld {
         }
     }
 
+    /// A client with this world's zone, to change things behind the
+    /// broker's back.
+    pub async fn operator(&self) -> Cloud {
+        Cloud::new(&AwsConfig {
+            endpoint_url: Some(env("AWS_ENDPOINT_URL")),
+            region: Some(env("AWS_REGION")),
+            route53_zone_id: Some(self.zone_id.clone()),
+            ..AwsConfig::default()
+        })
+        .await
+    }
+
     /// The broker settings that point at this world.
     pub fn settings(&self) -> Vec<(&'static str, String)> {
         vec![

@@ -9,7 +9,7 @@ use crate::aws::{AwsWorld, DEFAULT_ORIGIN};
 use crate::both_backends;
 use crate::helpers::*;
 use domain_broker::cloud::Cloud;
-use domain_broker::config::{DatabaseUrl, Env};
+use domain_broker::config::{CertificateStore, DatabaseUrl, Env};
 use domain_broker::dns::ChallengeRecords;
 
 pub async fn spawn_app_in(backend: Backend, world: &AwsWorld, extra: &[(&str, &str)]) -> TestApp {
@@ -19,7 +19,7 @@ pub async fn spawn_app_in(backend: Backend, world: &AwsWorld, extra: &[(&str, &s
     spawn_app_with(backend, &vars).await
 }
 
-fn edge_body(plan: &str, parameters: Value) -> Value {
+pub fn edge_body(plan: &str, parameters: Value) -> Value {
     json!({
         "service_id": SERVICE_ID,
         "plan_id": plan,
@@ -363,7 +363,41 @@ async fn route53_challenge_records(backend: Backend) {
     assert!(world.txt_values(&name).await.is_empty());
 }
 
+/// Everything the broker made, deleted behind its back: a deprovision
+/// still succeeds and forgets it all.
+async fn deprovision_tolerates_what_is_already_gone(backend: Backend) {
+    let world = AwsWorld::new().await;
+    let app = spawn_app_in(backend, &world, &[]).await;
+    let domain = delegated_domain().await;
+    let id = format!("gone-{}", random_label());
+    let res = app
+        .provision(&id, &edge_body(CDN_PLAN, json!({ "domains": domain })))
+        .await;
+    assert_eq!(res.status(), 202);
+    assert_eq!(app.wait_done(&id).await["state"], "succeeded");
+    let operator = world.operator().await;
+    let (dist_id, _, _) = world.distribution(&id).await.unwrap();
+    operator.delete_distribution(&dist_id).await.unwrap();
+    operator
+        .delete_alias(&crate::aws::alias_name(&domain))
+        .await
+        .unwrap();
+    for (name, arn) in world.iam_certificates("cloudfront").await {
+        operator
+            .delete_certificate(CertificateStore::Iam, &name, &arn)
+            .await
+            .unwrap();
+    }
+    assert!(world.aliases_of(&domain).await.is_empty());
+
+    assert_eq!(app.deprovision(&id).await.status(), 202);
+    let done = app.wait_done(&id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(app.count("cloud_resources").await, 0);
+}
+
 both_backends!(
+    deprovision_tolerates_what_is_already_gone,
     alb_lifecycle,
     cdn_lifecycle,
     acm_certificate_store,

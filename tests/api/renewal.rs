@@ -8,9 +8,11 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use domain_broker::db::schema::{certificates, operations};
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use crate::aws::AwsWorld;
 use crate::both_backends;
+use crate::edge::{edge_body, spawn_app_in};
 use crate::helpers::*;
 
 const FAST_SWEEP: &[(&str, &str)] = &[
@@ -166,4 +168,67 @@ async fn renewals_respect_the_cap(backend: Backend) {
     );
 }
 
-both_backends!(renewal_replaces_the_certificate, renewals_respect_the_cap);
+/// The AWS plans renew too: a `domain` instance's listener and a
+/// `domain-with-cdn` instance's distribution get the new certificate, and
+/// the old one leaves AWS.
+async fn edge_renewals_swap_the_certificate(backend: Backend) {
+    let world = AwsWorld::new().await;
+    let app = spawn_app_in(backend, &world, FAST_SWEEP).await;
+    let (a, b) = (delegated_domain().await, delegated_domain().await);
+    let (alb, cdn) = (
+        format!("renew-alb-{}", random_label()),
+        format!("renew-cdn-{}", random_label()),
+    );
+    app.provision(&alb, &edge_body(DOMAIN_PLAN, json!({ "domains": a })))
+        .await;
+    app.provision(&cdn, &edge_body(CDN_PLAN, json!({ "domains": b })))
+        .await;
+    assert_eq!(app.wait_done(&alb).await["state"], "succeeded");
+    assert_eq!(app.wait_done(&cdn).await["state"], "succeeded");
+    let old_alb = world.iam_certificates("alb").await;
+    let old_cdn = world.iam_certificates("cloudfront").await;
+    let (dist_id, dist_domain, _) = world.distribution(&cdn).await.unwrap();
+    assert_eq!((old_alb.len(), old_cdn.len()), (1, 1));
+
+    age_certificates(&app).await;
+    wait_for_renewals(&app, 2).await;
+    let new_alb = world.iam_certificates("alb").await;
+    let new_cdn = world.iam_certificates("cloudfront").await;
+    assert_eq!(
+        (new_alb.len(), new_cdn.len()),
+        (1, 1),
+        "{new_alb:?} {new_cdn:?}"
+    );
+    assert_ne!(new_alb, old_alb);
+    assert_ne!(new_cdn, old_cdn);
+    let on_listeners = [
+        world.listener_certificates(&world.listeners[0]).await,
+        world.listener_certificates(&world.listeners[1]).await,
+    ]
+    .concat();
+    assert_eq!(on_listeners, vec![new_alb[0].1.clone()]);
+    let (same_id, _, config) = world.distribution(&cdn).await.unwrap();
+    assert_eq!(same_id, dist_id);
+    assert_eq!(config.aliases.unwrap().items(), [b.as_str()]);
+    let lb = world.load_balancer_dns.clone();
+    assert_eq!(
+        world.aliases_of(&a).await,
+        [("A".into(), lb.clone()), ("AAAA".into(), lb)]
+    );
+    assert_eq!(
+        world.aliases_of(&b).await,
+        [
+            ("A".into(), dist_domain.clone()),
+            ("AAAA".into(), dist_domain)
+        ]
+    );
+    // The renewed certificates are not due: no more renewals follow.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(renewals(&app, None).await, 2);
+}
+
+both_backends!(
+    renewal_replaces_the_certificate,
+    renewals_respect_the_cap,
+    edge_renewals_swap_the_certificate
+);
