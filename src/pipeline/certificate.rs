@@ -76,17 +76,27 @@ pub const REMOVE_TXT_RECORDS: Step = Step {
     max_attempts: 6,
 };
 
-pub const ISSUE_AND_ACTIVATE: &[Step] = &[
-    ENSURE_ACME_ACCOUNT,
-    CREATE_ORDER,
-    WRITE_TXT_RECORDS,
-    WAIT_FOR_DNS,
-    ANSWER_CHALLENGES,
-    AWAIT_VALIDATION,
-    FINALIZE_ORDER,
-    INSTALL_CERTIFICATE,
-    REMOVE_TXT_RECORDS,
-];
+/// A step table that starts by ordering a new certificate: account, key
+/// and order, TXT records, DNS wait, challenges, validation, finalize; then
+/// the plan's own steps.
+macro_rules! after_new_certificate {
+    ($($step:expr),* $(,)?) => {
+        &[
+            $crate::pipeline::certificate::ENSURE_ACME_ACCOUNT,
+            $crate::pipeline::certificate::CREATE_ORDER,
+            $crate::pipeline::certificate::WRITE_TXT_RECORDS,
+            $crate::pipeline::certificate::WAIT_FOR_DNS,
+            $crate::pipeline::certificate::ANSWER_CHALLENGES,
+            $crate::pipeline::certificate::AWAIT_VALIDATION,
+            $crate::pipeline::certificate::FINALIZE_ORDER,
+            $($step),*
+        ]
+    };
+}
+pub(super) use after_new_certificate;
+
+pub const ISSUE_AND_ACTIVATE: &[Step] =
+    after_new_certificate![INSTALL_CERTIFICATE, REMOVE_TXT_RECORDS];
 
 impl From<AcmeError> for StepError {
     fn from(e: AcmeError) -> Self {

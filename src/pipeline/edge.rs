@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 
-use super::certificate::{self, certificate_in_use, this_certificate};
+use super::certificate::{self, after_new_certificate, certificate_in_use, this_certificate};
 use super::cleanup;
 use super::{Step, StepContext, StepError, StepOutcome, StepResult};
 use crate::cloud::alb::AliasTarget;
@@ -92,14 +92,7 @@ pub const DELETE_STORED_CERTIFICATES: Step = Step {
 
 /// `domain`: provision, update and renew alike; a new certificate, then
 /// traffic moved to it, then the old one retired.
-pub const ALB_ISSUE_AND_ACTIVATE: &[Step] = &[
-    certificate::ENSURE_ACME_ACCOUNT,
-    certificate::CREATE_ORDER,
-    certificate::WRITE_TXT_RECORDS,
-    certificate::WAIT_FOR_DNS,
-    certificate::ANSWER_CHALLENGES,
-    certificate::AWAIT_VALIDATION,
-    certificate::FINALIZE_ORDER,
+pub const ALB_ISSUE_AND_ACTIVATE: &[Step] = after_new_certificate![
     UPLOAD_CERTIFICATE,
     ADD_TO_LOAD_BALANCER,
     WRITE_ALIAS_RECORDS,
@@ -159,14 +152,7 @@ pub const DELETE_DISTRIBUTION: Step = Step {
 /// `domain-with-cdn`: provision, update and renew alike; a new
 /// certificate, the distribution made or changed to serve it, traffic
 /// pointed at it, then the old certificate retired.
-pub const CDN_ISSUE_AND_ACTIVATE: &[Step] = &[
-    certificate::ENSURE_ACME_ACCOUNT,
-    certificate::CREATE_ORDER,
-    certificate::WRITE_TXT_RECORDS,
-    certificate::WAIT_FOR_DNS,
-    certificate::ANSWER_CHALLENGES,
-    certificate::AWAIT_VALIDATION,
-    certificate::FINALIZE_ORDER,
+pub const CDN_ISSUE_AND_ACTIVATE: &[Step] = after_new_certificate![
     UPLOAD_CERTIFICATE,
     APPLY_DISTRIBUTION,
     WAIT_FOR_DISTRIBUTION,

@@ -6,7 +6,7 @@ use aws_sdk_cloudfront::types::DistributionConfig;
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, Certificate, LoadBalancerTypeEnum, ProtocolEnum,
 };
-use aws_sdk_route53::types::RrType;
+use aws_sdk_route53::types::{ResourceRecordSet, RrType};
 use domain_broker::cloud::Cloud;
 use domain_broker::config::AwsConfig;
 
@@ -244,17 +244,22 @@ impl AwsWorld {
             .collect()
     }
 
-    /// The values of the TXT records at `name`, unquoted.
-    pub async fn txt_values(&self, name: &str) -> Vec<String> {
-        let out = self
-            .cloud
+    /// Every record set of the zone.
+    async fn record_sets(&self) -> Vec<ResourceRecordSet> {
+        self.cloud
             .route53
             .list_resource_record_sets()
             .hosted_zone_id(&self.zone_id)
             .send()
             .await
-            .unwrap();
-        out.resource_record_sets
+            .unwrap()
+            .resource_record_sets
+    }
+
+    /// The values of the TXT records at `name`, unquoted.
+    pub async fn txt_values(&self, name: &str) -> Vec<String> {
+        self.record_sets()
+            .await
             .into_iter()
             .filter(|s| s.r#type == RrType::Txt && s.name.trim_end_matches('.') == name)
             .flat_map(|s| s.resource_records.unwrap_or_default())
@@ -264,15 +269,8 @@ impl AwsWorld {
 
     /// The A and AAAA alias records in the zone: (name, type, target).
     pub async fn alias_records(&self) -> Vec<(String, String, String)> {
-        let out = self
-            .cloud
-            .route53
-            .list_resource_record_sets()
-            .hosted_zone_id(&self.zone_id)
-            .send()
+        self.record_sets()
             .await
-            .unwrap();
-        out.resource_record_sets
             .into_iter()
             .filter(|s| matches!(s.r#type, RrType::A | RrType::Aaaa))
             .map(|s| {

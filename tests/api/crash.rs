@@ -71,19 +71,7 @@ async fn interrupted_provision_resumes(backend: Backend, signal: &str) {
     );
 
     let _broker = BrokerProcess::start(&vars);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let done = loop {
-        if let Some(body) = client.last_operation(&id).await
-            && body["state"] != "in progress"
-        {
-            break body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restarted broker did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let done = client.wait_finished(&id).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let pool = domain_broker::db::pool(&database_url, 1).await.unwrap();
     assert_eq!(
@@ -171,19 +159,7 @@ async fn killed_between_distribution_and_alias_resumes(backend: Backend) {
     );
 
     let _broker = BrokerProcess::start(&vars);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let done = loop {
-        if let Some(body) = client.last_operation(&id).await
-            && body["state"] != "in progress"
-        {
-            break body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restarted broker did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let done = client.wait_finished(&id).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let distributions = world.distributions(&id).await;
     assert_eq!(distributions.len(), 1, "a second distribution was made");

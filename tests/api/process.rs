@@ -86,6 +86,21 @@ impl Client {
             .ok()?;
         res.json().await.ok()
     }
+
+    /// Polls (through restarts) until the operation is no longer in
+    /// progress, for up to 30 s.
+    pub async fn wait_finished(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(body) = self.last_operation(id).await
+                && body["state"] != "in progress"
+            {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "the broker did not finish");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 pub async fn wait_until_listening(addr: &str) {
