@@ -417,12 +417,18 @@ impl InstanceActor {
         let plan = catalog::plan_by_id(&instance.plan_id).map_or(Plan::Certificate, |p| p.plan);
         let same_domains =
             DomainList::from_stored(&instance.domains).as_ref() == Some(&update.domains);
-        // Only a CDN has settings besides its domains.
+        // Only a CDN has settings besides its domains; compared as they
+        // come out, so that another spelling of the same is no change.
+        let settings = |parameters: &Value| {
+            let default_origin = self.deps.config.aws.default_cloudfront_origin.as_ref();
+            crate::domain::CdnSettings::parse(parameters.as_object()?, &default_origin?.to_string())
+                .ok()
+        };
         let same_settings = plan != Plan::DomainWithCdn
             || serde_json::from_str::<Value>(&instance.parameters)
                 .ok()
-                .as_ref()
-                == Some(&update.parameters);
+                .and_then(|old| settings(&old))
+                .is_some_and(|old| Some(old) == settings(&update.parameters));
         if same_domains && same_settings {
             return done(Ok(UpdateOutcome::Unchanged));
         }

@@ -26,6 +26,10 @@ pub struct CertificateUpload<'a> {
     pub key_pem: &'a str,
     /// Tagged on an ACM import, so that a retry finds it.
     pub certificate_id: &'a str,
+    /// The certificate's first domain, which ACM lists it by.
+    pub domain: &'a str,
+    /// For CloudFront, whose ACM certificates must be in us-east-1.
+    pub for_cloudfront: bool,
 }
 
 const ACM_TAG: &str = "domain-broker:certificate-id";
@@ -41,7 +45,14 @@ impl Cloud {
         match self.config.certificate_store() {
             CertificateStore::Iam => self.upload_iam(upload).await,
             CertificateStore::Acm => {
-                if retry && let Some(arn) = self.find_acm_certificate(upload.certificate_id).await?
+                if retry
+                    && let Some(arn) = self
+                        .find_acm_certificate(
+                            upload.certificate_id,
+                            upload.domain,
+                            upload.for_cloudfront,
+                        )
+                        .await?
                 {
                     return Ok(StoredCertificate { arn, iam_id: None });
                 }
@@ -96,7 +107,7 @@ impl Cloud {
                 .build(),
         )?;
         let out = self
-            .acm
+            .acm_client(u.for_cloudfront)
             .import_certificate()
             .certificate(Blob::new(u.leaf_pem.as_bytes()))
             .certificate_chain(Blob::new(u.chain_pem.as_bytes()))
@@ -111,20 +122,49 @@ impl Cloud {
         Ok(StoredCertificate { arn, iam_id: None })
     }
 
-    /// An ACM certificate tagged with this certificate id, if one exists.
+    fn acm_client(&self, for_cloudfront: bool) -> &aws_sdk_acm::Client {
+        if for_cloudfront {
+            &self.acm_us_east_1
+        } else {
+            &self.acm
+        }
+    }
+
+    /// The client of the region an ACM ARN names.
+    fn acm_of(&self, arn: &str) -> &aws_sdk_acm::Client {
+        let region = arn.split(':').nth(3).unwrap_or_default();
+        self.acm_client(region == "us-east-1" && self.config.region.as_deref() != Some(region))
+    }
+
+    /// An ACM certificate for this domain tagged with this certificate id,
+    /// if one exists.
     pub async fn find_acm_certificate(
         &self,
         certificate_id: &str,
+        domain: &str,
+        for_cloudfront: bool,
     ) -> Result<Option<String>, CloudError> {
-        let mut pages = self.acm.list_certificates().into_paginator().send();
+        let acm = self.acm_client(for_cloudfront);
+        // Without key types ACM lists RSA certificates only; ours are P-256.
+        let key_types = aws_sdk_acm::types::Filters::builder()
+            .key_types(aws_sdk_acm::types::KeyAlgorithm::EcPrime256v1)
+            .key_types(aws_sdk_acm::types::KeyAlgorithm::Rsa2048)
+            .build();
+        let mut pages = acm
+            .list_certificates()
+            .includes(key_types)
+            .into_paginator()
+            .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| CloudError::sdk("acm:ListCertificates", e))?;
             for summary in page.certificate_summary_list() {
                 let Some(arn) = summary.certificate_arn() else {
                     continue;
                 };
-                let tags = self
-                    .acm
+                if summary.domain_name() != Some(domain) {
+                    continue;
+                }
+                let tags = acm
                     .list_tags_for_certificate()
                     .certificate_arn(arn)
                     .send()
@@ -150,7 +190,7 @@ impl Cloud {
         arn: &str,
     ) -> Result<(), CloudError> {
         let result = if store == CertificateStore::Acm {
-            self.acm
+            self.acm_of(arn)
                 .delete_certificate()
                 .certificate_arn(arn)
                 .send()

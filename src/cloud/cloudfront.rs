@@ -71,18 +71,68 @@ impl Cloud {
                 if !e.is(&["DistributionAlreadyExists"]) {
                     return Err(e);
                 }
-                self.find_distribution(spec.caller_reference)
-                    .await?
-                    .ok_or(e)
+                // CloudFront names the one an earlier attempt made.
+                let named = match &e {
+                    CloudError::Service { message, .. } => message
+                        .rsplit_once("Already exists: ")
+                        .map(|(_, id)| id.trim().trim_end_matches('.').to_string()),
+                    _ => None,
+                };
+                let found = match named {
+                    Some(id) => {
+                        self.distribution_made_for(&id, spec.caller_reference)
+                            .await?
+                    }
+                    None => None,
+                };
+                let found = match found {
+                    Some(found) => found,
+                    None => self
+                        .find_distribution(spec.caller_reference)
+                        .await?
+                        .ok_or(e)?,
+                };
+                // Made with this spec before a crash, most likely; made
+                // what the spec says in any case.
+                self.update_distribution(&found.id, spec).await?;
+                Ok(found)
             }
         }
     }
 
-    /// The distribution made with this caller reference, if any.
+    /// The distribution with this id, if it was made with this caller
+    /// reference.
+    async fn distribution_made_for(
+        &self,
+        id: &str,
+        caller_reference: &str,
+    ) -> Result<Option<DistributionInfo>, CloudError> {
+        match self.cloudfront.get_distribution().id(id).send().await {
+            Ok(out) => Ok(out
+                .distribution
+                .filter(|d| {
+                    d.distribution_config
+                        .as_ref()
+                        .is_some_and(|c| c.caller_reference == caller_reference)
+                })
+                .map(|d| DistributionInfo {
+                    id: d.id,
+                    domain_name: d.domain_name,
+                })),
+            Err(e) => match CloudError::sdk("cloudfront:GetDistribution", e) {
+                e if e.is(NOT_FOUND) => Ok(None),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// The distribution made with this caller reference, if any: among
+    /// those whose comment names it, so that only they are read.
     pub async fn find_distribution(
         &self,
         caller_reference: &str,
     ) -> Result<Option<DistributionInfo>, CloudError> {
+        let comment = comment_for(caller_reference);
         let mut pages = self.cloudfront.list_distributions().into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| CloudError::sdk("cloudfront:ListDistributions", e))?;
@@ -90,18 +140,12 @@ impl Cloud {
                 .distribution_list
                 .and_then(|l| l.items)
                 .unwrap_or_default();
-            for summary in items {
-                let config = match self.distribution_config_of(&summary.id).await {
-                    Ok((config, _)) => config,
-                    // Deleted since it was listed: not ours to find.
-                    Err(e) if e.is(NOT_FOUND) => continue,
-                    Err(e) => return Err(e),
-                };
-                if config.caller_reference == caller_reference {
-                    return Ok(Some(DistributionInfo {
-                        id: summary.id,
-                        domain_name: summary.domain_name,
-                    }));
+            for summary in items.iter().filter(|s| s.comment == comment) {
+                if let Some(found) = self
+                    .distribution_made_for(&summary.id, caller_reference)
+                    .await?
+                {
+                    return Ok(Some(found));
                 }
             }
         }
@@ -355,7 +399,7 @@ impl Cloud {
                         .set_items((!errors.is_empty()).then_some(errors))
                         .build(),
                 )?)
-                .comment("external domain service, by domain-broker")
+                .comment(comment_for(spec.caller_reference))
                 .logging(logging.build())
                 .price_class(PriceClass::PriceClass100)
                 .enabled(enabled)
@@ -364,6 +408,15 @@ impl Cloud {
                 .build(),
         )
     }
+}
+
+/// The distribution's comment names its instance, so that it can be found
+/// from a listing (CloudFront allows 128 characters).
+fn comment_for(instance_id: &str) -> String {
+    format!("domain-broker instance {instance_id}")
+        .chars()
+        .take(128)
+        .collect()
 }
 
 #[allow(deprecated)]

@@ -19,6 +19,8 @@ pub struct Cloud {
     pub config: AwsConfig,
     pub iam: aws_sdk_iam::Client,
     pub acm: aws_sdk_acm::Client,
+    /// CloudFront takes ACM certificates from us-east-1 only.
+    pub acm_us_east_1: aws_sdk_acm::Client,
     pub elb: aws_sdk_elasticloadbalancingv2::Client,
     pub route53: aws_sdk_route53::Client,
     pub cloudfront: aws_sdk_cloudfront::Client,
@@ -40,6 +42,11 @@ impl Cloud {
             config: config.clone(),
             iam: aws_sdk_iam::Client::new(&sdk),
             acm: aws_sdk_acm::Client::new(&sdk),
+            acm_us_east_1: aws_sdk_acm::Client::from_conf(
+                aws_sdk_acm::config::Builder::from(&sdk)
+                    .region(aws_config::Region::new("us-east-1"))
+                    .build(),
+            ),
             elb: aws_sdk_elasticloadbalancingv2::Client::new(&sdk),
             route53: aws_sdk_route53::Client::new(&sdk),
             cloudfront: aws_sdk_cloudfront::Client::new(&sdk),
@@ -82,7 +89,6 @@ const PERMANENT: &[&str] = &[
     "LimitExceeded",
     "LimitExceededException",
     "TooManyCertificates",
-    "InvalidViewerCertificate",
     "CNAMEAlreadyExists",
     "NoSuchHostedZone",
 ];

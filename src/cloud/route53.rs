@@ -1,8 +1,6 @@
 //! ALIAS records that send a user's traffic (`<domain>.<DNS_ROOT_DOMAIN>`,
 //! the target of the user's CNAME) to a load balancer or a distribution.
 
-use std::time::Duration;
-
 use aws_sdk_route53::types::{
     AliasTarget as R53Alias, Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecord,
     ResourceRecordSet, RrType,
@@ -17,10 +15,6 @@ pub const CLOUDFRONT_HOSTED_ZONE_ID: &str = "Z2FDTNDATAQYW2";
 /// Challenge records live briefly; a short TTL keeps resolvers from holding
 /// on to an old value.
 const TXT_TTL: i64 = 60;
-
-/// How long a challenge record change may take to reach every Route53
-/// server before the write counts as failed (and is retried).
-const CHANGE_DEADLINE: Duration = Duration::from_secs(120);
 
 impl Cloud {
     fn zone_id(&self) -> Result<&str, CloudError> {
@@ -67,11 +61,13 @@ impl Cloud {
         self.change(changes).await.map(|id| id.unwrap_or_default())
     }
 
-    /// Deletes the A and AAAA records of `name`, exactly as they stand
-    /// (Route53 deletes only an exact match); none there is fine.
-    pub async fn delete_alias(&self, name: &str) -> Result<(), CloudError> {
+    /// Deletes the A and AAAA records of `name` that point at `target`,
+    /// exactly as they stand (Route53 deletes only an exact match). Records
+    /// that point elsewhere are someone else's now and stay; none there is
+    /// fine.
+    pub async fn delete_alias(&self, name: &str, target: &AliasTarget) -> Result<(), CloudError> {
         const OP: &str = "route53:ListResourceRecordSets";
-        let wanted = name.trim_end_matches('.').to_ascii_lowercase();
+        let wanted = record_name(name);
         let listed = self
             .route53
             .list_resource_record_sets()
@@ -85,8 +81,12 @@ impl Cloud {
         let changes = listed
             .resource_record_sets()
             .iter()
-            .filter(|s| s.name().trim_end_matches('.').eq_ignore_ascii_case(&wanted))
+            .filter(|s| record_name(s.name()) == wanted)
             .filter(|s| matches!(s.r#type(), RrType::A | RrType::Aaaa))
+            .filter(|s| {
+                s.alias_target()
+                    .is_some_and(|a| record_name(a.dns_name()) == record_name(&target.dns_name))
+            })
             .map(|s| {
                 built(
                     "route53:ChangeResourceRecordSets",
@@ -108,7 +108,7 @@ impl Cloud {
     }
 
     /// Adds one value to the TXT set at `name` (an apex and its wildcard
-    /// share a name) and waits until Route53 serves it.
+    /// share a name).
     pub async fn add_txt(&self, name: &str, value: &str) -> Result<(), CloudError> {
         let mut values = self.txt_values(name).await?;
         let quoted = format!("\"{value}\"");
@@ -117,10 +117,9 @@ impl Cloud {
         }
         values.push(quoted);
         let change = self.txt_change(ChangeAction::Upsert, name, values)?;
-        if let Some(id) = self.change(vec![change]).await? {
-            self.wait_in_sync(&id).await?;
-        }
-        Ok(())
+        // Not waited for here: the DNS wait step gives every record of the
+        // order DNS_PROPAGATION_SLEEP_TIME at once.
+        self.change(vec![change]).await.map(|_| ())
     }
 
     /// Removes exactly this value from the TXT set at `name`; one already
@@ -145,7 +144,7 @@ impl Cloud {
 
     /// The values (quoted, as Route53 keeps them) of the TXT set at `name`.
     async fn txt_values(&self, name: &str) -> Result<Vec<String>, CloudError> {
-        let wanted = name.trim_end_matches('.');
+        let wanted = record_name(name);
         let listed = self
             .route53
             .list_resource_record_sets()
@@ -160,7 +159,7 @@ impl Cloud {
             .resource_record_sets()
             .iter()
             .filter(|s| s.r#type() == &RrType::Txt)
-            .filter(|s| s.name().trim_end_matches('.').eq_ignore_ascii_case(wanted))
+            .filter(|s| record_name(s.name()) == wanted)
             .flat_map(|s| s.resource_records().iter().map(|r| r.value().to_string()))
             .collect())
     }
@@ -194,20 +193,6 @@ impl Cloud {
         )
     }
 
-    async fn wait_in_sync(&self, change_id: &str) -> Result<(), CloudError> {
-        let deadline = tokio::time::Instant::now() + CHANGE_DEADLINE;
-        while !self.change_in_sync(change_id).await? {
-            if tokio::time::Instant::now() > deadline {
-                return Err(CloudError::unexpected(
-                    "route53:GetChange",
-                    format!("change {change_id} not in sync after {CHANGE_DEADLINE:?}"),
-                ));
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-        Ok(())
-    }
-
     async fn change(&self, changes: Vec<Change>) -> Result<Option<String>, CloudError> {
         const OP: &str = "route53:ChangeResourceRecordSets";
         let batch = built(
@@ -238,4 +223,12 @@ impl Cloud {
             .change_info
             .is_some_and(|c| c.status == ChangeStatus::Insync))
     }
+}
+
+/// A record name as Route53 answers it, comparable with ours: no final
+/// dot, lower case, and `*` where Route53 writes `\052`.
+fn record_name(name: &str) -> String {
+    name.trim_end_matches('.')
+        .replace("\\052", "*")
+        .to_ascii_lowercase()
 }

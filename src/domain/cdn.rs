@@ -74,6 +74,13 @@ pub enum CdnError {
     InvalidPath,
     #[error("Headers cannot be empty")]
     EmptyHeader,
+    #[error("Cookie names cannot be empty")]
+    EmptyCookie,
+    #[error(
+        "'{0}' cannot be used with 'cache_policy': a cache policy decides what is \
+         forwarded; use 'origin_request_policy' to forward more."
+    )]
+    ForwardedWithCachePolicy(&'static str),
     #[error("{header} contains these invalid characters: {invalid}")]
     InvalidHeader { header: String, invalid: String },
     #[error("'insecure_origin' must be true or false.")]
@@ -122,7 +129,13 @@ impl CdnSettings {
             None => Cookies::All,
             Some(s) if s.is_empty() => Cookies::None,
             Some(s) if s == "*" => Cookies::All,
-            Some(s) => Cookies::Only(s.split(',').map(str::to_string).collect()),
+            Some(s) => {
+                let names: Vec<String> = s.split(',').map(str::to_string).collect();
+                if names.iter().any(String::is_empty) {
+                    return Err(CdnError::EmptyCookie);
+                }
+                Cookies::Only(names)
+            }
         };
         let mut headers = match text("forward_headers")?.map(|s| s.replace(' ', "")) {
             None => Vec::new(),
@@ -160,6 +173,24 @@ impl CdnSettings {
                     .ok_or_else(|| err(p.to_string())),
             }
         };
+        let cache_policy_id = policy("cache_policy", CACHE_POLICIES, CdnError::CachePolicy)?;
+        let mut origin_request_policy_id = policy(
+            "origin_request_policy",
+            ORIGIN_REQUEST_POLICIES,
+            CdnError::OriginRequestPolicy,
+        )?;
+        if cache_policy_id.is_some() {
+            for name in ["forward_cookies", "forward_headers"] {
+                if text(name)?.is_some() {
+                    return Err(CdnError::ForwardedWithCachePolicy(name));
+                }
+            }
+            // The platform's router needs the Host header, which a cache
+            // policy alone does not forward.
+            if is_default && origin_request_policy_id.is_none() {
+                origin_request_policy_id = Some(ORIGIN_REQUEST_POLICIES[0].1);
+            }
+        }
         Ok(CdnSettings {
             origin,
             path,
@@ -167,12 +198,8 @@ impl CdnSettings {
             headers,
             insecure_origin,
             error_responses,
-            cache_policy_id: policy("cache_policy", CACHE_POLICIES, CdnError::CachePolicy)?,
-            origin_request_policy_id: policy(
-                "origin_request_policy",
-                ORIGIN_REQUEST_POLICIES,
-                CdnError::OriginRequestPolicy,
-            )?,
+            cache_policy_id,
+            origin_request_policy_id,
         })
     }
 }
@@ -360,6 +387,28 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "'All' is not an allowed value for origin_request_policy."
+        );
+    }
+
+    #[test]
+    fn a_cache_policy_replaces_forwarded_values() {
+        let s = parse(json!({"cache_policy": "Managed-CachingOptimized"})).unwrap();
+        assert_eq!(
+            s.origin_request_policy_id,
+            Some("216adef6-5c7f-47e4-b989-5492eafa07d3"),
+            "the default origin gets its Host header"
+        );
+        let s =
+            parse(json!({"origin": "my.app.example", "cache_policy": "Managed-CachingOptimized"}))
+                .unwrap();
+        assert_eq!(s.origin_request_policy_id, None);
+        assert_eq!(
+            parse(json!({"cache_policy": "Managed-CachingOptimized", "forward_headers": "x-a"})),
+            Err(CdnError::ForwardedWithCachePolicy("forward_headers"))
+        );
+        assert_eq!(
+            parse(json!({"forward_cookies": "a,"})),
+            Err(CdnError::EmptyCookie)
         );
     }
 

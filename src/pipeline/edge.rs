@@ -117,7 +117,8 @@ pub const APPLY_DISTRIBUTION: Step = Step {
     name: "apply_distribution",
     description: "Creating or updating the CloudFront distribution",
     run: |ctx| apply_distribution(ctx).boxed(),
-    max_attempts: 6,
+    // A certificate just stored may look invalid to CloudFront for a while.
+    max_attempts: 10,
 };
 
 pub const WAIT_FOR_DISTRIBUTION: Step = Step {
@@ -333,6 +334,33 @@ fn issued_parts(
     Ok((leaf, chain, key))
 }
 
+fn first_domain(cert: &CertificateRow) -> Result<String, StepError> {
+    DomainList::from_stored(&cert.domains)
+        .and_then(|d| d.names().first().map(|n| n.to_string()))
+        .ok_or_else(|| StepError::Fail("the certificate's domains are unreadable".into()))
+}
+
+/// What an ACM certificate of this row is found by: its certificate's id
+/// and first domain.
+async fn acm_search_key(
+    ctx: &StepContext,
+    row: &CloudResourceRow,
+) -> Result<Option<(String, String)>, StepError> {
+    let Some(id) = row.certificate_id.clone() else {
+        return Ok(None);
+    };
+    let lookup = id.clone();
+    let cert = ctx
+        .deps
+        .store
+        .read(move |c| Box::pin(async move { queries::certificate(c, &lookup).await }))
+        .await?;
+    Ok(match cert {
+        Some(cert) => Some((id, first_domain(&cert)?)),
+        None => None,
+    })
+}
+
 async fn upload_certificate(ctx: StepContext) -> StepResult {
     let cloud = cloud(&ctx)?;
     let cert = this_certificate(&ctx).await?;
@@ -368,6 +396,8 @@ async fn upload_certificate(ctx: StepContext) -> StepResult {
                 chain_pem: &chain,
                 key_pem: &key,
                 certificate_id: &cert.id,
+                domain: &first_domain(&cert)?,
+                for_cloudfront: plan(&ctx) == Plan::DomainWithCdn,
             },
             retry,
         )
@@ -479,23 +509,54 @@ async fn write_alias_records(ctx: StepContext) -> StepResult {
                 row
             }
         };
-        let change = cloud.upsert_alias(&name, &target).await?;
-        let details = serde_json::json!({"target": target, "change_id": change});
-        resource_made(&ctx, &row.id, &name, &details).await?;
+        // Where it will point, before it does: clean-up deletes only
+        // records that point there.
+        let mut details = AliasDetails {
+            target: target.clone(),
+            operation: ctx.operation.id.clone(),
+            change_id: None,
+        };
+        resource_made(
+            &ctx,
+            &row.id,
+            &name,
+            &serde_json::to_value(&details).expect("serializes"),
+        )
+        .await?;
+        details.change_id = Some(cloud.upsert_alias(&name, &target).await?);
+        resource_made(
+            &ctx,
+            &row.id,
+            &name,
+            &serde_json::to_value(&details).expect("serializes"),
+        )
+        .await?;
     }
     Ok(StepOutcome::Done)
 }
 
+/// What the broker keeps of an ALIAS record it wrote.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct AliasDetails {
+    target: AliasTarget,
+    /// The operation that last pointed it, and the change that did.
+    operation: String,
+    change_id: Option<String>,
+}
+
 async fn wait_for_alias_records(ctx: StepContext) -> StepResult {
     let cloud = cloud(&ctx)?;
+    // This operation's changes only: an older one may be long forgotten.
     let mut changes: Vec<String> = resources(&ctx)
         .await?
         .iter()
         .filter(|r| r.kind == resource_kind::ROUTE53_ALIAS)
-        .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.details).ok())
-        .filter_map(|d| d["change_id"].as_str().map(str::to_string))
+        .filter_map(|r| serde_json::from_str::<AliasDetails>(&r.details).ok())
+        .filter(|d| d.operation == ctx.operation.id)
+        .filter_map(|d| d.change_id)
         .filter(|c| !c.is_empty())
         .collect();
+    changes.sort();
     changes.dedup();
     for change in &changes {
         if !cloud.change_in_sync(change).await? {
@@ -557,10 +618,38 @@ async fn retire_old_resources(ctx: StepContext) -> StepResult {
     Ok(StepOutcome::Done)
 }
 
+/// Whether another instance has claimed the domain of an ALIAS record
+/// since this one let it go: the record is then the other's (on a shared
+/// load balancer it even points at the same target) and must stay.
+async fn held_by_another_instance(ctx: &StepContext, alias: &str) -> Result<bool, StepError> {
+    let suffix = format!(".{}", ctx.deps.config.dns.root_domain);
+    let Some(domain) = alias.strip_suffix(&suffix).map(str::to_string) else {
+        return Ok(false);
+    };
+    let id = ctx.instance.id.clone();
+    let held = ctx
+        .deps
+        .store
+        .read(move |c| {
+            Box::pin(
+                async move { queries::domains_held_by_others(c, &id, &[domain.as_str()]).await },
+            )
+        })
+        .await?;
+    Ok(!held.is_empty())
+}
+
 /// Removes one cloud object (already gone is fine) and forgets it.
 async fn remove(ctx: &StepContext, cloud: &Cloud, row: &CloudResourceRow) -> Result<(), StepError> {
     match row.kind.as_str() {
-        resource_kind::ROUTE53_ALIAS => cloud.delete_alias(&row.name).await?,
+        resource_kind::ROUTE53_ALIAS => {
+            // No target recorded: the record was never written.
+            if let Ok(alias) = serde_json::from_str::<AliasDetails>(&row.details)
+                && !held_by_another_instance(ctx, &row.name).await?
+            {
+                cloud.delete_alias(&row.name, &alias.target).await?;
+            }
+        }
         resource_kind::LISTENER_CERTIFICATE => {
             if let Some(arn) = &row.arn {
                 cloud.remove_listener_certificate(&row.name, arn).await?;
@@ -580,11 +669,18 @@ async fn remove(ctx: &StepContext, cloud: &Cloud, row: &CloudResourceRow) -> Res
                 Some(arn) => Some(arn.clone()),
                 // An import may have happened before the crash that kept
                 // its ARN from being recorded: look for its tag.
-                None => {
-                    cloud
-                        .find_acm_certificate(row.certificate_id.as_deref().unwrap_or_default())
-                        .await?
-                }
+                None => match acm_search_key(ctx, row).await? {
+                    Some((certificate_id, domain)) => {
+                        cloud
+                            .find_acm_certificate(
+                                &certificate_id,
+                                &domain,
+                                plan(ctx) == Plan::DomainWithCdn,
+                            )
+                            .await?
+                    }
+                    None => None,
+                },
             };
             if let Some(arn) = arn {
                 cloud
@@ -633,6 +729,13 @@ fn cdn_settings(ctx: &StepContext, cloud: &Cloud) -> Result<CdnSettings, StepErr
         None => serde_json::from_str(&ctx.instance.parameters)
             .map_err(|e| StepError::Fail(format!("the instance's parameters: {e}")))?,
     };
+    cdn_settings_from(cloud, &parameters)
+}
+
+fn cdn_settings_from(
+    cloud: &Cloud,
+    parameters: &serde_json::Value,
+) -> Result<CdnSettings, StepError> {
     let default_origin = cloud
         .config
         .default_cloudfront_origin
@@ -751,4 +854,78 @@ async fn delete_distribution(ctx: StepContext) -> StepResult {
         forget_resource(&ctx, &row.id).await?;
     }
     Ok(StepOutcome::Done)
+}
+
+/// After a failed update or renewal of an edge instance: its current
+/// domains, settings and certificate served again where they were (the
+/// failed operation may have changed the distribution or moved the ALIAS
+/// records), and ALIAS records it wrote for domains the instance does not
+/// keep removed. Its new certificate stays listed, and the next operation
+/// or a deprovision retires it.
+pub async fn restore_current(ctx: &StepContext) -> Result<(), StepError> {
+    let plan = plan(ctx);
+    let all = resources(ctx).await?;
+    let touched = all.iter().any(|r| {
+        serde_json::from_str::<AliasDetails>(&r.details)
+            .is_ok_and(|d| d.operation == ctx.operation.id)
+    }) || OperationRequest::parse(&ctx.operation).keep_certificate
+        || this_certificate_if_stored(ctx, &all).await?;
+    if plan == Plan::Certificate || !touched {
+        return Ok(());
+    }
+    let Some(current_id) = ctx.instance.current_certificate_id.clone() else {
+        return Ok(());
+    };
+    let cloud = cloud(ctx)?;
+    let current = ctx
+        .deps
+        .store
+        .read(move |c| Box::pin(async move { queries::certificate(c, &current_id).await }))
+        .await?
+        .ok_or_else(|| StepError::Fail("the instance's certificate is missing".into()))?;
+    let stored = stored_certificate(ctx, &current).await?;
+    let domains = DomainList::from_stored(&ctx.instance.domains)
+        .ok_or_else(|| StepError::Fail("the instance's domains are unreadable".into()))?;
+    if plan == Plan::DomainWithCdn
+        && let Some((_, Some(id), _)) = recorded_distribution(ctx).await?
+    {
+        let parameters: serde_json::Value = serde_json::from_str(&ctx.instance.parameters)
+            .map_err(|e| StepError::Fail(format!("the instance's parameters: {e}")))?;
+        let settings = cdn_settings_from(&cloud, &parameters)?;
+        let aliases = domains.names();
+        let spec = DistributionSpec {
+            caller_reference: &ctx.instance.id,
+            aliases: &aliases,
+            settings: &settings,
+            certificate: &stored,
+        };
+        cloud.update_distribution(&id, &spec).await?;
+    }
+    let target = alias_target(ctx, &current).await?;
+    for domain in domains.iter() {
+        cloud
+            .upsert_alias(&alias_name(ctx, domain.as_str()), &target)
+            .await?;
+    }
+    let names: Vec<String> = domains.names().iter().map(|n| alias_name(ctx, n)).collect();
+    for row in all {
+        if row.kind == resource_kind::ROUTE53_ALIAS && !names.contains(&row.name) {
+            remove(ctx, &cloud, &row).await?;
+        }
+    }
+    tracing::info!("served what the instance served before the failed operation");
+    Ok(())
+}
+
+/// Whether this operation's certificate got as far as AWS.
+async fn this_certificate_if_stored(
+    ctx: &StepContext,
+    all: &[CloudResourceRow],
+) -> Result<bool, StepError> {
+    let Ok(cert) = this_certificate(ctx).await else {
+        return Ok(false);
+    };
+    Ok(all
+        .iter()
+        .any(|r| r.certificate_id.as_deref() == Some(&cert.id)))
 }

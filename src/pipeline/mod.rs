@@ -253,6 +253,12 @@ async fn run_next_step(
                         tracing::warn!(parent: &span, error = ?e, "could not remove the challenge records of a failed operation");
                     }
                 }
+                if matches!(action, Action::Update | Action::Renew) {
+                    // An edge instance goes on serving what it served.
+                    if let Err(e) = edge::restore_current(&ctx).await {
+                        tracing::warn!(parent: &span, error = ?e, "could not restore the distribution or ALIAS records after a failed operation");
+                    }
+                }
                 record_step_end(&deps, run_id).await?;
                 finish(&deps, &instance, &op, action, Err(reason)).await?
             }

@@ -9,8 +9,12 @@ use crate::aws::{AwsWorld, DEFAULT_ORIGIN};
 use crate::both_backends;
 use crate::helpers::*;
 use domain_broker::cloud::Cloud;
+use domain_broker::cloud::alb::AliasTarget;
+use domain_broker::cloud::certificates::StoredCertificate;
+use domain_broker::cloud::cloudfront::DistributionSpec;
 use domain_broker::config::{CertificateStore, DatabaseUrl, Env};
 use domain_broker::dns::ChallengeRecords;
+use domain_broker::domain::CdnSettings;
 
 pub async fn spawn_app_in(backend: Backend, world: &AwsWorld, extra: &[(&str, &str)]) -> TestApp {
     let settings = world.settings();
@@ -285,6 +289,24 @@ async fn acm_certificate_store(backend: Backend) {
     let done = app.wait_done(&id).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let made = world.acm_certificates(&domain).await;
+    let (_, _, config) = world.distribution(&id).await.expect("a distribution");
+    assert_eq!(
+        config
+            .viewer_certificate
+            .unwrap()
+            .acm_certificate_arn
+            .as_ref(),
+        Some(&made[0])
+    );
+
+    // A domain change puts the new certificate on the distribution and
+    // deletes the old one.
+    let other = delegated_domain().await;
+    let res = patch(&app, &id, json!({ "domains": other })).await;
+    assert_eq!(res.status(), 202);
+    assert_eq!(app.wait_done(&id).await["state"], "succeeded");
+    assert!(world.acm_certificates(&domain).await.is_empty());
+    let made = world.acm_certificates(&other).await;
     assert_eq!(made.len(), 1, "{made:?}");
     assert!(world.iam_certificates("cloudfront").await.is_empty());
     let (_, _, config) = world.distribution(&id).await.expect("a distribution");
@@ -296,7 +318,7 @@ async fn acm_certificate_store(backend: Backend) {
     assert_eq!(app.deprovision(&id).await.status(), 202);
     let done = app.wait_done(&id).await;
     assert_eq!(done["state"], "succeeded", "{done}");
-    assert!(world.acm_certificates(&domain).await.is_empty());
+    assert!(world.acm_certificates(&other).await.is_empty());
     assert!(world.distribution(&id).await.is_none());
 }
 
@@ -363,6 +385,56 @@ async fn route53_challenge_records(backend: Backend) {
     assert!(world.txt_values(&name).await.is_empty());
 }
 
+/// A distribution made for the instance that the broker did not get to
+/// record (a crash between the two) is found by its caller reference and
+/// made what the broker wants; no second one is made.
+async fn an_unrecorded_distribution_is_adopted(backend: Backend) {
+    let world = AwsWorld::new().await;
+    let app = spawn_app_in(backend, &world, &[]).await;
+    let domain = delegated_domain().await;
+    let id = format!("adopt-{}", random_label());
+    let settings = CdnSettings::parse(
+        json!({"forward_cookies": ""}).as_object().unwrap(),
+        crate::aws::DEFAULT_ORIGIN,
+    )
+    .unwrap();
+    let earlier = StoredCertificate {
+        arn: "arn:aws:iam::123456789012:server-certificate/earlier".into(),
+        iam_id: Some("EARLIER".into()),
+    };
+    let made = world
+        .operator()
+        .await
+        .create_distribution(&DistributionSpec {
+            caller_reference: &id,
+            aliases: &["old.example.com"],
+            settings: &settings,
+            certificate: &earlier,
+        })
+        .await
+        .unwrap();
+    let res = app
+        .provision(&id, &edge_body(CDN_PLAN, json!({ "domains": domain })))
+        .await;
+    assert_eq!(res.status(), 202);
+    assert_eq!(app.wait_done(&id).await["state"], "succeeded");
+    let found = world.distributions(&id).await;
+    assert_eq!(found.len(), 1, "a second distribution was made");
+    assert_eq!(found[0].0, made.id);
+    let config = &found[0].2;
+    assert_eq!(config.aliases.as_ref().unwrap().items(), [domain.as_str()]);
+    assert_ne!(
+        config
+            .viewer_certificate
+            .as_ref()
+            .unwrap()
+            .iam_certificate_id
+            .as_deref(),
+        Some("EARLIER")
+    );
+    assert_eq!(world.aliases_of(&domain).await, both_to(&made.domain_name));
+}
+
 /// Everything the broker made, deleted behind its back: a deprovision
 /// still succeeds and forgets it all.
 async fn deprovision_tolerates_what_is_already_gone(backend: Backend) {
@@ -376,10 +448,16 @@ async fn deprovision_tolerates_what_is_already_gone(backend: Backend) {
     assert_eq!(res.status(), 202);
     assert_eq!(app.wait_done(&id).await["state"], "succeeded");
     let operator = world.operator().await;
-    let (dist_id, _, _) = world.distribution(&id).await.unwrap();
+    let (dist_id, dist_domain, _) = world.distribution(&id).await.unwrap();
     operator.delete_distribution(&dist_id).await.unwrap();
     operator
-        .delete_alias(&crate::aws::alias_name(&domain))
+        .delete_alias(
+            &crate::aws::alias_name(&domain),
+            &AliasTarget {
+                dns_name: dist_domain,
+                hosted_zone_id: "Z2FDTNDATAQYW2".into(),
+            },
+        )
         .await
         .unwrap();
     for (name, arn) in world.iam_certificates("cloudfront").await {
@@ -390,13 +468,37 @@ async fn deprovision_tolerates_what_is_already_gone(backend: Backend) {
     }
     assert!(world.aliases_of(&domain).await.is_empty());
 
-    assert_eq!(app.deprovision(&id).await.status(), 202);
-    let done = app.wait_done(&id).await;
-    assert_eq!(done["state"], "succeeded", "{done}");
+    // And a `domain` instance whose listener certificate and IAM
+    // certificate are gone.
+    let other = delegated_domain().await;
+    let alb = format!("gone-alb-{}", random_label());
+    let res = app.provision(&alb, &alb_body(&[&other])).await;
+    assert_eq!(res.status(), 202);
+    assert_eq!(app.wait_done(&alb).await["state"], "succeeded");
+    for (name, arn) in world.iam_certificates("alb").await {
+        for listener in &world.listeners {
+            operator
+                .remove_listener_certificate(listener, &arn)
+                .await
+                .unwrap();
+        }
+        operator
+            .delete_certificate(CertificateStore::Iam, &name, &arn)
+            .await
+            .unwrap();
+    }
+
+    for id in [&id, &alb] {
+        assert_eq!(app.deprovision(id).await.status(), 202);
+        let done = app.wait_done(id).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
     assert_eq!(app.count("cloud_resources").await, 0);
+    assert!(world.alias_records().await.is_empty());
 }
 
 both_backends!(
+    an_unrecorded_distribution_is_adopted,
     deprovision_tolerates_what_is_already_gone,
     alb_lifecycle,
     cdn_lifecycle,
