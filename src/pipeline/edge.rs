@@ -225,9 +225,10 @@ async fn resource_made(
     ctx: &StepContext,
     id: &str,
     arn: &str,
-    details: &serde_json::Value,
+    details: &impl serde::Serialize,
 ) -> Result<(), StepError> {
-    let (id, arn, details) = (id.to_string(), arn.to_string(), details.to_string());
+    let details = serde_json::to_string(details).expect("details serialize");
+    let (id, arn) = (id.to_string(), arn.to_string());
     ctx.deps
         .store
         .write("cloud_resource_made", move |c| {
@@ -403,8 +404,7 @@ async fn upload_certificate(ctx: StepContext) -> StepResult {
         )
         .await?;
     tracing::info!(arn = %stored.arn, "certificate stored in AWS");
-    let details = serde_json::to_value(&stored).expect("serializes");
-    resource_made(&ctx, &row.id, &stored.arn, &details).await?;
+    resource_made(&ctx, &row.id, &stored.arn, &stored).await?;
     Ok(StepOutcome::Done)
 }
 
@@ -455,8 +455,7 @@ async fn add_to_load_balancer(ctx: StepContext) -> StepResult {
         .add_listener_certificate(&row.name, &stored.arn)
         .await?;
     tracing::info!(listener = %row.name, load_balancer = %target.dns_name, "certificate on the load balancer");
-    let details = serde_json::to_value(&target).expect("serializes");
-    resource_made(&ctx, &row.id, &stored.arn, &details).await?;
+    resource_made(&ctx, &row.id, &stored.arn, &target).await?;
     Ok(StepOutcome::Done)
 }
 
@@ -516,21 +515,9 @@ async fn write_alias_records(ctx: StepContext) -> StepResult {
             operation: ctx.operation.id.clone(),
             change_id: None,
         };
-        resource_made(
-            &ctx,
-            &row.id,
-            &name,
-            &serde_json::to_value(&details).expect("serializes"),
-        )
-        .await?;
+        resource_made(&ctx, &row.id, &name, &details).await?;
         details.change_id = Some(cloud.upsert_alias(&name, &target).await?);
-        resource_made(
-            &ctx,
-            &row.id,
-            &name,
-            &serde_json::to_value(&details).expect("serializes"),
-        )
-        .await?;
+        resource_made(&ctx, &row.id, &name, &details).await?;
     }
     Ok(StepOutcome::Done)
 }
@@ -789,8 +776,7 @@ async fn apply_distribution(ctx: StepContext) -> StepResult {
     };
     let made = cloud.create_distribution(&spec).await?;
     tracing::info!(distribution = %made.id, domain = %made.domain_name, "distribution created");
-    let details = serde_json::to_value(&made).expect("serializes");
-    resource_made(&ctx, &row.id, &made.id, &details).await?;
+    resource_made(&ctx, &row.id, &made.id, &made).await?;
     Ok(StepOutcome::Done)
 }
 
@@ -809,8 +795,7 @@ async fn recorded_distribution(
     }
     let found = cloud.find_distribution(&row.name).await?;
     if let Some(found) = &found {
-        let details = serde_json::to_value(found).expect("serializes");
-        resource_made(ctx, &row.id, &found.id, &details).await?;
+        resource_made(ctx, &row.id, &found.id, found).await?;
     }
     Ok(Some((row, found.map(|f| f.id), cloud)))
 }
