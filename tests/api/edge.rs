@@ -69,7 +69,7 @@ async fn alb_lifecycle(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(busy.dns_name, world.load_balancer_dns);
-    let app = spawn_app_in(backend, &world, &[]).await;
+    let app = spawn_app_in(backend, &world, &[("ALB_OVERLAP_SLEEP_TIME", "2")]).await;
     let (a, b) = (delegated_domain().await, delegated_domain().await);
     let id = format!("alb-{}", random_label());
 
@@ -93,6 +93,25 @@ async fn alb_lifecycle(backend: Backend) {
     // old one gone from the listener and from IAM, and a's records gone.
     let res = patch(&app, &id, json!({"domains": [b.clone()]})).await;
     assert_eq!(res.status(), 202);
+    // While DNS moves, the old certificate stays beside the new one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, body) = app.last_operation(&id).await;
+        if body["description"] == "Keeping the old certificate on the load balancer while DNS moves"
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no overlap: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let during = [
+        world.listener_certificates(&world.listeners[0]).await,
+        world.listener_certificates(&world.listeners[1]).await,
+    ]
+    .concat();
+    assert!(during.contains(&first_arn), "{during:?}");
+    assert_eq!(during.len(), 3, "other, old and new: {during:?}");
+    assert_eq!(world.aliases_of(&b).await, expected);
     let done = app.wait_done(&id).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let certs = world.iam_certificates("alb").await;
