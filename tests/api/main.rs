@@ -9,5 +9,6 @@ mod helpers;
 mod lifecycle;
 mod osb;
 mod process;
+mod rate_limit;
 mod renewal;
 mod replicas;
