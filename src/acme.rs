@@ -322,16 +322,20 @@ pub fn root_store(config: &AcmeConfig) -> Result<rustls::RootCertStore, AcmeErro
 }
 
 /// An HTTPS client for instant-acme that trusts `roots`, over aws-lc-rs.
-pub fn http_client(roots: Arc<rustls::RootCertStore>) -> Box<dyn HttpClient> {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+/// TLS to the CA with aws-lc-rs, trusting these roots.
+pub fn client_tls(roots: Arc<rustls::RootCertStore>) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("the default provider supports the default versions")
     .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_no_client_auth()
+}
+
+pub fn http_client(roots: Arc<rustls::RootCertStore>) -> Box<dyn HttpClient> {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
+        .with_tls_config(client_tls(roots))
         .https_only()
         .enable_http1()
         .enable_http2()

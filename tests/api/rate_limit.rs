@@ -92,15 +92,8 @@ impl RateLimitingCa {
 /// A client to Pebble over HTTP/1.1, where the Host header is sent as
 /// given (HTTP/2 would put Pebble's own address in `:authority`).
 fn http1_client(roots: rustls::RootCertStore) -> Arc<dyn instant_acme::HttpClient> {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
+        .with_tls_config(acme::client_tls(Arc::new(roots)))
         .https_only()
         .enable_http1()
         .build();
