@@ -1,6 +1,7 @@
 //! StoreActor write throughput: many small transactions (the progress record
 //! a pipeline step writes) queued from concurrent tasks, on SQLite and
-//! PostgreSQL. Run with `./dev bench --bench store_writes`.
+//! PostgreSQL, each write committed alone or with those queued beside it
+//! (group commit). Run with `./dev bench --bench store_writes`.
 
 #[allow(dead_code)]
 #[path = "../tests/api/helpers.rs"]
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use domain_broker::actors::Store;
+use domain_broker::actors::store::GROUP_COMMIT;
 use domain_broker::db::{self, models, queries};
 use helpers::{Backend, fresh_database};
 
@@ -57,12 +59,17 @@ async fn setup(store: &Store) -> Vec<String> {
 
 fn store_writes(c: &mut Criterion) {
     let system = actix_web::rt::System::new();
-    for backend in [Backend::Sqlite, Backend::Postgres] {
+    for (backend, max_batch) in [
+        (Backend::Sqlite, 1),
+        (Backend::Sqlite, GROUP_COMMIT),
+        (Backend::Postgres, 1),
+        (Backend::Postgres, GROUP_COMMIT),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let (store, ops) = system.block_on(async {
             let url = fresh_database(backend, dir.path()).await;
             db::migrate(&url).await.unwrap();
-            let store = Store::start(db::pool(&url, 8).await.unwrap());
+            let store = Store::start(db::pool(&url, 8).await.unwrap(), max_batch);
             let ops = setup(&store).await;
             (store, ops)
         });
@@ -70,7 +77,11 @@ fn store_writes(c: &mut Criterion) {
         group.throughput(Throughput::Elements(WRITES));
         group.measurement_time(Duration::from_secs(10));
         group.sample_size(10);
-        group.bench_function("record_progress", |b| {
+        let name = match max_batch {
+            1 => "record_progress/alone",
+            _ => "record_progress/group_commit",
+        };
+        group.bench_function(name, |b| {
             b.iter_custom(|iterations| {
                 system.block_on(async {
                     let began = Instant::now();

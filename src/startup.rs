@@ -63,7 +63,10 @@ impl Broker {
         } else {
             16
         };
-        let store = Store::start(db::pool(&config.database_url, pool_size).await?);
+        let store = Store::start(
+            db::pool(&config.database_url, pool_size).await?,
+            crate::actors::store::GROUP_COMMIT,
+        );
         let cipher = Cipher::new(&config.encryption_key);
         let acme = AcmeClient::new(&config.acme, store.clone(), cipher.clone())
             .map_err(|e| StartupError::Acme(e.to_string()))?;
