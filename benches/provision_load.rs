@@ -40,6 +40,9 @@ fn sizes() -> Vec<usize> {
 }
 
 fn percentiles(mut times: Vec<Duration>) -> String {
+    if times.is_empty() {
+        return "not run (filtered out)".into();
+    }
     times.sort();
     let at = |p: f64| times[((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1];
     format!("p50 {:.2?}, p99 {:.2?}", at(0.50), at(0.99))
