@@ -58,11 +58,10 @@ impl Broker {
         if !applied.is_empty() {
             tracing::info!(?applied, "applied database migrations");
         }
-        let pool_size = if config.database_url.is_sqlite() {
-            8
-        } else {
-            16
-        };
+        // Reads run in parallel on these (SQLite's each on a blocking
+        // thread); 16 served last_operation best under wrk (8: 19.7k req/s,
+        // 4: 14.8k, 16: up to 20.2k).
+        let pool_size = 16;
         let store = Store::start(
             db::pool(&config.database_url, pool_size).await?,
             crate::actors::store::GROUP_COMMIT,

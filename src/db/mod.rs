@@ -84,6 +84,11 @@ pub async fn pool(url: &DatabaseUrl, max_size: u32) -> Result<Pool, DbError> {
     let url_for_setup = url.clone();
     let mut config = ManagerConfig::default();
     config.custom_setup = Box::new(move |_| establish(url_for_setup.clone()).boxed());
+    // A SQLite connection is a file handle that cannot drop out: checking
+    // it with a `SELECT 1` at every checkout would double each read.
+    if url.is_sqlite() {
+        config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
+    }
     let manager = AsyncDieselConnectionManager::new_with_config(url.to_string(), config);
     let pool = bb8::Pool::builder()
         .max_size(max_size)
