@@ -285,6 +285,14 @@ async fn busy_instance_answers_concurrency_error(backend: Backend) {
         res.json::<Value>().await.unwrap()["error"],
         "ConcurrencyError"
     );
+    // An update without domains is refused the same way.
+    let res = app
+        .request(Method::PATCH, &format!("{path}?accepts_incomplete=true"))
+        .json(&serde_json::json!({"service_id": SERVICE_ID, "parameters": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
     let res = app.deprovision(&id).await;
     assert_eq!(res.status(), 422);
     // The domain being added is held already.
