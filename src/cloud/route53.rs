@@ -66,22 +66,10 @@ impl Cloud {
     /// that point elsewhere are someone else's now and stay; none there is
     /// fine.
     pub async fn delete_alias(&self, name: &str, target: &AliasTarget) -> Result<(), CloudError> {
-        const OP: &str = "route53:ListResourceRecordSets";
-        let wanted = record_name(name);
-        let listed = self
-            .route53
-            .list_resource_record_sets()
-            .hosted_zone_id(self.zone_id()?)
-            .start_record_name(name)
-            .start_record_type(RrType::A)
-            .max_items(2)
-            .send()
-            .await
-            .map_err(|e| CloudError::sdk(OP, e))?;
-        let changes = listed
-            .resource_record_sets()
-            .iter()
-            .filter(|s| record_name(s.name()) == wanted)
+        let changes = self
+            .record_sets_at(name, RrType::A, 2)
+            .await?
+            .into_iter()
             .filter(|s| matches!(s.r#type(), RrType::A | RrType::Aaaa))
             .filter(|s| {
                 s.alias_target()
@@ -92,7 +80,7 @@ impl Cloud {
                     "route53:ChangeResourceRecordSets",
                     Change::builder()
                         .action(ChangeAction::Delete)
-                        .resource_record_set(s.clone())
+                        .resource_record_set(s)
                         .build(),
                 )
             })
@@ -144,23 +132,38 @@ impl Cloud {
 
     /// The values (quoted, as Route53 keeps them) of the TXT set at `name`.
     async fn txt_values(&self, name: &str) -> Result<Vec<String>, CloudError> {
+        Ok(self
+            .record_sets_at(name, RrType::Txt, 1)
+            .await?
+            .iter()
+            .filter(|s| s.r#type() == &RrType::Txt)
+            .flat_map(|s| s.resource_records().iter().map(|r| r.value().to_string()))
+            .collect())
+    }
+
+    /// The record sets named `name`, from `rr_type` on (Route53 lists in
+    /// name and type order), `max` at most.
+    async fn record_sets_at(
+        &self,
+        name: &str,
+        rr_type: RrType,
+        max: i32,
+    ) -> Result<Vec<ResourceRecordSet>, CloudError> {
         let wanted = record_name(name);
         let listed = self
             .route53
             .list_resource_record_sets()
             .hosted_zone_id(self.zone_id()?)
             .start_record_name(name)
-            .start_record_type(RrType::Txt)
-            .max_items(1)
+            .start_record_type(rr_type)
+            .max_items(max)
             .send()
             .await
             .map_err(|e| CloudError::sdk("route53:ListResourceRecordSets", e))?;
         Ok(listed
-            .resource_record_sets()
-            .iter()
-            .filter(|s| s.r#type() == &RrType::Txt)
+            .resource_record_sets
+            .into_iter()
             .filter(|s| record_name(s.name()) == wanted)
-            .flat_map(|s| s.resource_records().iter().map(|r| r.value().to_string()))
             .collect())
     }
 
