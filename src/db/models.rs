@@ -149,6 +149,21 @@ pub struct DnsRecordRow {
     pub created_at: NaiveDateTime,
 }
 
+/// An operation as `last_operation` tells it.
+#[derive(Queryable, Selectable, Clone, Debug, PartialEq)]
+#[diesel(table_name = operations)]
+pub struct OperationStatus {
+    pub kind: String,
+    pub state: String,
+    pub description: String,
+}
+
+impl OperationStatus {
+    pub fn in_progress(&self) -> bool {
+        self.state == operation_state::IN_PROGRESS
+    }
+}
+
 /// A cloud object the broker made, or is about to make (`arn` still NULL).
 #[derive(Queryable, Selectable, Insertable, Clone, Debug, PartialEq)]
 #[diesel(table_name = cloud_resources)]

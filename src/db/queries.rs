@@ -33,16 +33,48 @@ pub async fn latest_operation(
     conn: &mut Conn,
     instance_id: &str,
 ) -> Result<Option<OperationRow>, DbError> {
-    Ok(operations::table
+    Ok(latest_of(instance_id)
+        .select(OperationRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// The instance's operations, the one that counts first: the running one,
+/// if any, whatever the clocks of the replicas that stamped them; else the
+/// newest. (Not boxed: a boxed query misses the prepared-statement cache.)
+#[diesel::dsl::auto_type(no_type_alias)]
+fn latest_of<'a>(instance_id: &'a str) -> _ {
+    let running: &'static str = operation_state::IN_PROGRESS;
+    operations::table
         .filter(operations::instance_id.eq(instance_id))
-        // The running one, if any, whatever the clocks of the replicas that
-        // stamped them.
         .order((
-            operations::state.eq(operation_state::IN_PROGRESS).desc(),
+            operations::state.eq(running).desc(),
             operations::created_at.desc(),
             operations::id.desc(),
         ))
-        .select(OperationRow::as_select())
+}
+
+/// What `last_operation` answers with, read without the rest of the row
+/// (its timestamps cost more to parse than the read itself).
+pub async fn operation_status(
+    conn: &mut Conn,
+    instance_id: &str,
+    operation_id: Option<&str>,
+) -> Result<Option<OperationStatus>, DbError> {
+    if let Some(id) = operation_id
+        && let Some(found) = operations::table
+            .find(id)
+            .filter(operations::instance_id.eq(instance_id))
+            .select(OperationStatus::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    {
+        return Ok(Some(found));
+    }
+    Ok(latest_of(instance_id)
+        .select(OperationStatus::as_select())
         .first(conn)
         .await
         .optional()?)

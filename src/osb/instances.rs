@@ -291,21 +291,15 @@ pub async fn last_operation(
     }
     let wanted = query.get("operation").cloned();
     let instance_id = id.clone();
+    // An unknown or literal operation ("provision") falls back to the
+    // latest operation of the instance.
     let op = state
         .deps
         .store
         .read(move |c| {
-            Box::pin(async move {
-                // An unknown or literal operation ("provision") falls back
-                // to the latest operation of the instance.
-                if let Some(op) = &wanted
-                    && let Some(found) = queries::operation(c, op).await?
-                    && found.instance_id == instance_id
-                {
-                    return Ok(Some(found));
-                }
-                queries::latest_operation(c, &instance_id).await
-            })
+            Box::pin(
+                async move { queries::operation_status(c, &instance_id, wanted.as_deref()).await },
+            )
         })
         .await?
         .ok_or_else(OsbError::gone)?;
