@@ -97,6 +97,15 @@ pub enum OrderState {
     Invalid(String),
 }
 
+/// Where a finalize left the certificate.
+pub enum Issuance {
+    Issued(String),
+    /// The CSR went in just now and the CA is still issuing.
+    Submitted,
+    /// The order is not ready, or the CA is still issuing.
+    NotYet,
+}
+
 pub struct AcmeClient {
     config: AcmeConfig,
     store: Store,
@@ -270,8 +279,9 @@ impl AcmeClient {
     }
 
     pub async fn order_state(&self, order_url: &str) -> Result<OrderState, AcmeError> {
+        // Fetching the order reads its state: no second request.
         let mut order = self.order(order_url).await?;
-        let status = order.refresh().await?.status;
+        let status = order.state().status;
         Ok(match status {
             OrderStatus::Pending => OrderState::Pending,
             OrderStatus::Ready => OrderState::Ready,
@@ -281,26 +291,32 @@ impl AcmeClient {
         })
     }
 
-    /// Finalizes with a CSR for `key_pem` (unless already done) and returns
-    /// the PEM chain, or `None` while the CA is still issuing.
+    /// Finalizes with a CSR for `key_pem` (unless already done) and
+    /// downloads the PEM chain once the CA has issued it.
     pub async fn finalize(
         &self,
         order_url: &str,
         key_pem: &str,
         domains: &DomainList,
-    ) -> Result<Option<String>, AcmeError> {
+    ) -> Result<Issuance, AcmeError> {
         let mut order = self.order(order_url).await?;
-        let status = order.refresh().await?.status;
-        match status {
+        match order.state().status {
             OrderStatus::Ready => {
                 let csr = csr_der(key_pem, domains)?;
                 order.finalize_csr(&csr).await?;
+                return Ok(match order.certificate().await? {
+                    Some(chain) => Issuance::Issued(chain),
+                    None => Issuance::Submitted,
+                });
             }
             OrderStatus::Processing | OrderStatus::Valid => {}
-            OrderStatus::Pending => return Ok(None),
+            OrderStatus::Pending => return Ok(Issuance::NotYet),
             OrderStatus::Invalid => return Err(AcmeError::Invalid(why_invalid(&mut order).await)),
         }
-        Ok(order.certificate().await?)
+        Ok(match order.certificate().await? {
+            Some(chain) => Issuance::Issued(chain),
+            None => Issuance::NotYet,
+        })
     }
 }
 

@@ -6,12 +6,18 @@ use std::time::Duration;
 use futures_util::FutureExt;
 
 use super::{OperationRequest, Step, StepContext, StepError, StepOutcome, StepResult};
-use crate::acme::{AcmeError, OrderState};
+use crate::acme::{AcmeError, Issuance, OrderState};
 use crate::db::models::{CertificateRow, ChallengeRow, DnsRecordRow, new_id, now};
 use crate::db::queries;
 use crate::domain::{DomainList, DomainName};
 
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// The first look at an answered or finalized order waits this long instead
+/// of asking at once: a CA often validates or issues within it, and a look
+/// that comes too soon costs a whole POLL_INTERVAL. (Polling sooner and more
+/// often is no cure: each poll is another request, and Pebble deadlocks
+/// under many.)
+const FIRST_CHECK: Duration = Duration::from_millis(250);
 
 pub const ENSURE_ACME_ACCOUNT: Step = Step {
     name: "ensure_acme_account",
@@ -287,7 +293,7 @@ async fn answer_challenges(ctx: StepContext) -> StepResult {
             })
             .await?;
     }
-    Ok(StepOutcome::Done)
+    Ok(StepOutcome::DoneNotBefore(FIRST_CHECK))
 }
 
 async fn await_validation(ctx: StepContext) -> StepResult {
@@ -339,13 +345,15 @@ async fn finalize_order(ctx: StepContext) -> StepResult {
     let key_pem = String::from_utf8(key).map_err(|e| StepError::Fail(e.to_string()))?;
     let domains = DomainList::from_stored(&cert.domains)
         .ok_or_else(|| StepError::Fail("stored domains are unreadable".into()))?;
-    let Some(chain) = ctx
+    let chain = match ctx
         .deps
         .acme
         .finalize(&order_url, &key_pem, &domains)
         .await?
-    else {
-        return Ok(StepOutcome::Poll(POLL_INTERVAL));
+    {
+        Issuance::Issued(chain) => chain,
+        Issuance::Submitted => return Ok(StepOutcome::Poll(FIRST_CHECK)),
+        Issuance::NotYet => return Ok(StepOutcome::Poll(POLL_INTERVAL)),
     };
     let issued = crate::acme::parse_chain(&chain).map_err(|e| StepError::Fail(e.to_string()))?;
     tracing::info!(expires_at = %issued.expires_at, "certificate issued");
