@@ -300,21 +300,19 @@ impl AcmeClient {
         domains: &DomainList,
     ) -> Result<Issuance, AcmeError> {
         let mut order = self.order(order_url).await?;
-        match order.state().status {
+        let submitted = match order.state().status {
             OrderStatus::Ready => {
                 let csr = csr_der(key_pem, domains)?;
                 order.finalize_csr(&csr).await?;
-                return Ok(match order.certificate().await? {
-                    Some(chain) => Issuance::Issued(chain),
-                    None => Issuance::Submitted,
-                });
+                true
             }
-            OrderStatus::Processing | OrderStatus::Valid => {}
+            OrderStatus::Processing | OrderStatus::Valid => false,
             OrderStatus::Pending => return Ok(Issuance::NotYet),
             OrderStatus::Invalid => return Err(AcmeError::Invalid(why_invalid(&mut order).await)),
-        }
+        };
         Ok(match order.certificate().await? {
             Some(chain) => Issuance::Issued(chain),
+            None if submitted => Issuance::Submitted,
             None => Issuance::NotYet,
         })
     }
@@ -337,7 +335,6 @@ pub fn root_store(config: &AcmeConfig) -> Result<rustls::RootCertStore, AcmeErro
     Ok(roots)
 }
 
-/// An HTTPS client for instant-acme that trusts `roots`, over aws-lc-rs.
 /// TLS to the CA with aws-lc-rs, trusting these roots.
 pub fn client_tls(roots: Arc<rustls::RootCertStore>) -> rustls::ClientConfig {
     rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -349,6 +346,7 @@ pub fn client_tls(roots: Arc<rustls::RootCertStore>) -> rustls::ClientConfig {
     .with_no_client_auth()
 }
 
+/// An HTTPS client for instant-acme that trusts `roots`.
 pub fn http_client(roots: Arc<rustls::RootCertStore>) -> Box<dyn HttpClient> {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(client_tls(roots))

@@ -11,7 +11,7 @@ use super::request::{
 use super::{ApiVersion, AppState, OsbError};
 use crate::actors::instance::{ProvisionRequest, domains_taken};
 use crate::actors::{Deprovision, Provision, ProvisionOutcome, Update, UpdateOutcome};
-use crate::db::models::{InstanceRow, OperationRow, instance_state, operation_state};
+use crate::db::models::{InstanceRow, OperationStatus, instance_state, operation_state};
 use crate::db::queries;
 use crate::domain::{Action, CdnSettings, DomainList, ParameterError, Plan, ProvisionParameters};
 
@@ -191,12 +191,13 @@ pub async fn fetch(
     Ok(HttpResponse::Ok().json(body))
 }
 
-async fn latest_operation(state: &AppState, id: &str) -> Result<Option<OperationRow>, OsbError> {
+/// The instance's latest operation, as far as a handler needs it.
+async fn latest_operation(state: &AppState, id: &str) -> Result<Option<OperationStatus>, OsbError> {
     let id = id.to_string();
     Ok(state
         .deps
         .store
-        .read(move |c| Box::pin(async move { queries::latest_operation(c, &id).await }))
+        .read(move |c| Box::pin(async move { queries::operation_status(c, &id, None).await }))
         .await?)
 }
 

@@ -15,8 +15,7 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// The first look at an answered or finalized order waits this long instead
 /// of asking at once: a CA often validates or issues within it, and a look
 /// that comes too soon costs a whole POLL_INTERVAL. (Polling sooner and more
-/// often is no cure: each poll is another request, and Pebble deadlocks
-/// under many.)
+/// often only adds requests to the CA.)
 const FIRST_CHECK: Duration = Duration::from_millis(250);
 
 pub const ENSURE_ACME_ACCOUNT: Step = Step {
