@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 
 use actix::prelude::*;
-use diesel_async::AsyncConnection;
+use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 
@@ -20,8 +20,9 @@ type WriteFn<T> =
     Box<dyn for<'c> FnOnce(&'c mut DbConnection) -> BoxFuture<'c, Result<T, DbError>> + Send>;
 
 /// A queued write, its result type erased: runs the write and keeps the
-/// outcome until the commit decides it.
-type Job = Box<dyn for<'c> FnOnce(&'c mut DbConnection) -> BoxFuture<'c, Delivery> + Send>;
+/// outcome until the commit decides it. True beside the delivery: the write
+/// failed.
+type Job = Box<dyn for<'c> FnOnce(&'c mut DbConnection) -> BoxFuture<'c, (Delivery, bool)> + Send>;
 
 /// Hands a write's result to its caller, or the commit's error instead.
 type Delivery = Box<dyn FnOnce(Option<&DbError>) + Send>;
@@ -55,25 +56,22 @@ impl<T: Send + 'static> Handler<Write<T>> for StoreActor {
         let (tx, rx) = oneshot::channel();
         let name = write.name;
         let run = write.run;
-        let alone = self.max_batch == 1;
         self.queue.push_back(Box::new(move |c: &mut DbConnection| {
             Box::pin(async move {
-                // Alone in its transaction a write needs no savepoint.
-                let result = if alone {
-                    run(c).await
-                } else {
-                    c.transaction(async move |c| run(c).await).await
-                };
+                let result = run(c).await;
+                let failed = result.is_err();
                 if let Err(e) = &result {
                     tracing::warn!(write = name, error = %e, "write failed");
                 }
-                Box::new(move |commit_error: Option<&DbError>| {
-                    let result = match commit_error {
-                        Some(e) => Err(DbError::Connect(format!("commit failed: {e}"))),
-                        None => result,
+                let deliver = Box::new(move |commit_error: Option<&DbError>| {
+                    // A write's own error says more than the rollback it caused.
+                    let result = match (result, commit_error) {
+                        (Ok(_), Some(e)) => Err(DbError::Connect(format!("commit failed: {e}"))),
+                        (result, _) => result,
                     };
                     let _ = tx.send(result);
-                }) as Delivery
+                }) as Delivery;
+                (deliver, failed)
             })
         }));
         // Through the mailbox: writes already in it join this commit.
@@ -118,25 +116,61 @@ impl StoreActor {
         let pool = self.pool.clone();
         async move {
             let mut deliveries: Vec<Delivery> = Vec::with_capacity(jobs.len());
+            let (began, writes) = (std::time::Instant::now(), jobs.len());
             let committed = match pool.get().await {
                 Err(e) => Err(DbError::from(e)),
                 Ok(mut conn) => {
                     let deliveries = &mut deliveries;
-                    conn.transaction(async move |c| {
-                        for job in jobs {
-                            deliveries.push(job(c).await);
-                        }
-                        Ok::<(), DbError>(())
-                    })
-                    .await
+                    conn.transaction(async move |c| run_in_savepoints(c, jobs, deliveries).await)
+                        .await
                 }
             };
+            tracing::debug!(
+                writes,
+                micros = began.elapsed().as_micros() as u64,
+                "committed queued writes"
+            );
             let error = committed.err();
             for deliver in deliveries {
                 deliver(error.as_ref());
             }
         }
     }
+}
+
+/// Runs the jobs in one transaction, each in a savepoint of its own so that a
+/// write that fails undoes only itself. The savepoints are managed here, not
+/// by nested `transaction` calls: ending one and opening the next is then one
+/// round trip to the database, not two, and the last needs none (the commit
+/// ends it). A job alone needs no savepoint: if it fails, the whole
+/// transaction is rolled back.
+async fn run_in_savepoints(
+    c: &mut DbConnection,
+    jobs: Vec<Job>,
+    deliveries: &mut Vec<Delivery>,
+) -> Result<(), DbError> {
+    let alone = jobs.len() == 1;
+    if !alone {
+        c.batch_execute("SAVEPOINT queued_write").await?;
+    }
+    let last = jobs.len().saturating_sub(1);
+    for (i, job) in jobs.into_iter().enumerate() {
+        let (deliver, failed) = job(c).await;
+        deliveries.push(deliver);
+        let between = match (alone, failed, i == last) {
+            (true, true, _) => {
+                return Err(DbError::Query(diesel::result::Error::RollbackTransaction));
+            }
+            (true, false, _) | (false, false, true) => continue,
+            (false, true, true) => "ROLLBACK TO SAVEPOINT queued_write",
+            (false, true, false) => {
+                "ROLLBACK TO SAVEPOINT queued_write; RELEASE SAVEPOINT queued_write; SAVEPOINT queued_write"
+            }
+            (false, false, false) => "RELEASE SAVEPOINT queued_write; SAVEPOINT queued_write",
+        };
+        c.batch_execute(between).await?;
+    }
+    Ok(())
 }
 
 /// The handle the rest of the broker uses: writes through the actor, reads

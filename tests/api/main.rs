@@ -12,3 +12,4 @@ mod process;
 mod rate_limit;
 mod renewal;
 mod replicas;
+mod store;
