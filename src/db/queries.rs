@@ -29,6 +29,22 @@ pub async fn operation(conn: &mut Conn, id: &str) -> Result<Option<OperationRow>
         .optional()?)
 }
 
+/// An operation and its instance, in one query.
+pub async fn instance_and_operation(
+    conn: &mut Conn,
+    instance_id: &str,
+    operation_id: &str,
+) -> Result<Option<(InstanceRow, OperationRow)>, DbError> {
+    Ok(operations::table
+        .find(operation_id)
+        .inner_join(service_instances::table)
+        .filter(service_instances::id.eq(instance_id))
+        .select((InstanceRow::as_select(), OperationRow::as_select()))
+        .first(conn)
+        .await
+        .optional()?)
+}
+
 pub async fn latest_operation(
     conn: &mut Conn,
     instance_id: &str,

@@ -2,37 +2,78 @@
 //! database is the coordinator: a replica takes the lease on the instance
 //! row before a step, renews it while the step runs, and a replica that
 //! dies loses it when it expires.
+//!
+//! Taking and holding a lease ride in the writes that begin and end a step
+//! (`LeaseTerms`), so a step costs two writes, not four.
 
 use std::future::Future;
 
 use chrono::NaiveDateTime;
 
 use crate::db::models::now;
-use crate::db::{DbError, queries};
+use crate::db::{DbConnection, DbError, queries};
 use crate::deps::Deps;
 
-/// Takes or extends the lease until `lease` past `from` (default: now).
-async fn acquire_from(
+/// Who takes the lease and until when: worked out before a write, applied
+/// inside it.
+pub(super) struct LeaseTerms {
+    owner: String,
+    until: NaiveDateTime,
+    /// SQLite serves one broker (the file lock sees to that): any earlier
+    /// holder was this broker before a restart.
+    exclusive: bool,
+}
+
+impl LeaseTerms {
+    /// A lease of `lease` from `from` (a wait's end), or from now.
+    pub(super) fn new(deps: &Deps, from: Option<NaiveDateTime>) -> LeaseTerms {
+        let replica = &deps.config.replica;
+        let from = from.map_or_else(now, |at| at.max(now()));
+        LeaseTerms {
+            owner: replica.id.clone(),
+            until: from + chrono::Duration::from_std(replica.lease).unwrap_or_default(),
+            exclusive: deps.config.database_url.is_sqlite(),
+        }
+    }
+
+    /// Takes or extends the lease; false if another replica holds it.
+    pub(super) async fn take(
+        &self,
+        c: &mut DbConnection,
+        instance_id: &str,
+    ) -> Result<bool, DbError> {
+        queries::acquire_lease(c, instance_id, &self.owner, self.until, self.exclusive).await
+    }
+
+    /// Gives the lease up, if this replica holds it.
+    pub(super) async fn release(
+        &self,
+        c: &mut DbConnection,
+        instance_id: &str,
+    ) -> Result<(), DbError> {
+        queries::release_lease(c, instance_id, &self.owner).await
+    }
+}
+
+async fn write(
     deps: &Deps,
     instance_id: &str,
     from: Option<NaiveDateTime>,
+    release: bool,
 ) -> Result<bool, DbError> {
-    let replica = &deps.config.replica;
-    let from = from.map_or_else(now, |at| at.max(now()));
-    let until = from + chrono::Duration::from_std(replica.lease).unwrap_or_default();
-    let (id, owner) = (instance_id.to_string(), replica.id.clone());
-    // SQLite serves one broker (the file lock sees to that): any earlier
-    // holder was this broker before a restart.
-    let exclusive = deps.config.database_url.is_sqlite();
+    let terms = LeaseTerms::new(deps, from);
+    let id = instance_id.to_string();
     deps.store
-        .write("acquire_lease", move |c| {
-            Box::pin(async move { queries::acquire_lease(c, &id, &owner, until, exclusive).await })
+        .write("lease", move |c| {
+            Box::pin(async move {
+                if release {
+                    terms.release(c, &id).await.map(|()| true)
+                } else {
+                    terms.take(c, &id).await
+                }
+            })
         })
         .await
-}
-
-async fn acquire(deps: &Deps, instance_id: &str) -> Result<bool, DbError> {
-    acquire_from(deps, instance_id, None).await
 }
 
 /// Keeps the lease through a wait between steps, so that other replicas
@@ -43,34 +84,25 @@ pub async fn hold_until(
     instance_id: &str,
     at: NaiveDateTime,
 ) -> Result<bool, DbError> {
-    acquire_from(deps, instance_id, Some(at)).await
+    write(deps, instance_id, Some(at), false).await
 }
 
 pub async fn release(deps: &Deps, instance_id: &str) -> Result<(), DbError> {
-    let (id, owner) = (instance_id.to_string(), deps.config.replica.id.clone());
-    deps.store
-        .write("release_lease", move |c| {
-            Box::pin(async move { queries::release_lease(c, &id, &owner).await })
-        })
-        .await
+    write(deps, instance_id, None, true).await.map(drop)
 }
 
-/// Runs `work` while holding the instance's lease, renewing it as it goes.
-/// `None`: another replica holds the lease, or took it while `work` ran (then
-/// `work` is dropped unfinished; steps are idempotent).
-pub async fn with_lease<F: Future>(
+/// Runs `work` under a lease already taken, renewing it as it goes.
+/// `None`: another replica took the lease while `work` ran (then `work` is
+/// dropped unfinished; steps are idempotent).
+pub async fn keep_while<F: Future>(
     deps: &Deps,
     instance_id: &str,
     work: F,
 ) -> Result<Option<F::Output>, DbError> {
-    if !acquire(deps, instance_id).await? {
-        tracing::debug!(%instance_id, "lease held by another replica");
-        return Ok(None);
-    }
     let heartbeat = async {
         loop {
             tokio::time::sleep(deps.config.replica.lease / 3).await;
-            match acquire(deps, instance_id).await {
+            match write(deps, instance_id, None, false).await {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(%instance_id, "lease lost to another replica; stopping this step");

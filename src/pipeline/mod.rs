@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 use crate::db::models::{
     InstanceRow, OperationRow, StepRunRow, instance_state, now, operation_state,
 };
-use crate::db::{DbError, queries};
+use crate::db::{DbConnection, DbError, queries};
 use crate::deps::Deps;
 use crate::domain::{Action, Plan};
+use lease::LeaseTerms;
 
 /// What a step needs: the broker's parts and the rows it works on.
 #[derive(Clone)]
@@ -138,9 +139,33 @@ pub enum Advanced {
     NotOurs,
 }
 
-/// Runs the operation's next step once, under the instance's lease, records
-/// the result, and returns the rows as they now stand. The caller waits for
-/// `next_attempt_at`.
+/// Where the write that begins a step left the operation.
+enum Begun {
+    /// Another replica holds the lease.
+    NotOurs,
+    /// Another replica or a request ended or advanced the operation while
+    /// this actor waited: the step is not run.
+    MovedOn(Box<OperationRow>),
+    /// The lease is ours and the rows are as stored; the id of the step's
+    /// run (none for the pass that finishes after the last step).
+    Ready(Box<(InstanceRow, OperationRow)>, Option<String>),
+}
+
+/// How a step's run was recorded.
+enum Ended {
+    /// The lease is held through the wait the step asked for, or given up
+    /// with the operation's end. False: lost, and the replica holding it
+    /// records.
+    Recorded(bool),
+    /// The step was done with no wait: the write that recorded it also began
+    /// the next step.
+    Next(Begun),
+}
+
+/// Runs the operation's next step, under the instance's lease, and records
+/// the result; while a step is done with no wait asked, the next follows at
+/// once (each recorded before the next starts). Returns the rows as they
+/// now stand. The caller waits for `next_attempt_at`.
 pub async fn advance(
     deps: Deps,
     instance: InstanceRow,
@@ -149,178 +174,271 @@ pub async fn advance(
     let _running = deps.lifecycle.step_started();
     let instance_id = instance.id.clone();
     let op_id = op.id.clone();
-    match lease::with_lease(&deps, &instance_id, run_next_step(&deps, instance, op)).await? {
-        None => return Ok(Advanced::NotOurs),
-        Some(result) => result?,
-    }
-    let (instance, op) = reload(&deps, &instance_id, &op_id).await?;
-    if !op.in_progress() {
-        // Finished here, or overtaken by an operation another replica
-        // started: either way this replica is done with the instance.
-        lease::release(&deps, &instance_id).await?;
-    } else if !lease::hold_until(&deps, &instance_id, op.next_attempt_at).await? {
+    let begun = begin_step(&deps, &instance_id, &op, step_of(&instance, &op)).await?;
+    // None: the lease was lost while a step ran.
+    let still_ours = lease::keep_while(&deps, &instance_id, run_steps(&deps, begun))
+        .await?
+        .transpose()?
+        .unwrap_or(false);
+    if !still_ours {
         return Ok(Advanced::NotOurs);
     }
+    let (instance, op) = reload(&deps, &instance_id, &op_id).await?;
     Ok(Advanced::Progressed(Box::new((instance, op))))
 }
 
-async fn run_next_step(
-    deps: &Deps,
-    instance: InstanceRow,
-    op: OperationRow,
-) -> Result<(), DbError> {
-    let deps = deps.clone();
-    // Under the lease, the stored operation is the truth: another replica or
-    // a request may have ended it while this actor waited.
-    let (instance, op) = match reload(&deps, &instance.id, &op.id).await? {
-        (i, o) if o.in_progress() && o.next_step == op.next_step => (i, o),
-        (_, o) => {
-            tracing::debug!(operation_id = %o.id, state = %o.state, next_step = o.next_step, "operation moved on; step skipped");
-            return Ok(());
-        }
-    };
-    tracing::debug!(operation_id = %op.id, next_step = op.next_step, "running step");
-    let action = Action::parse(&op.kind).unwrap_or(Action::Provision);
-    let plan = plan_of(&instance);
-    let table = steps(plan, action, OperationRequest::parse(&op).keep_certificate);
-    let index = op.next_step.max(0) as usize;
-    let op_id = op.id.clone();
-    if let Some(step) = table.get(index) {
-        let span = tracing::info_span!("step", instance_id = %instance.id, operation_id = %op.id, step = step.name);
-        let ctx = StepContext {
-            deps: deps.clone(),
-            instance: instance.clone(),
-            operation: op.clone(),
-        };
-        let run_id = record_step_start(&deps, &op.id, step.name).await?;
-        let run = tracing::Instrument::instrument((step.run)(ctx.clone()), span.clone());
-        let result = tokio::time::timeout(STEP_DEADLINE, run)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StepError::Retry(format!(
-                    "the step did not finish within {} seconds",
-                    STEP_DEADLINE.as_secs()
-                )))
-            });
-        let (next_step, attempts, delay, description, error, failed) = match result {
-            Ok(StepOutcome::Done) => (index + 1, 0, Duration::ZERO, None, None, None),
-            // The wait is this step's doing: keep saying so until it is over.
-            Ok(StepOutcome::DoneNotBefore(d)) => {
-                (index + 1, 0, d, Some(step.description), None, None)
+/// Runs steps from `begun` on while each begins the next; false if the
+/// instance is another replica's.
+async fn run_steps(deps: &Deps, mut begun: Begun) -> Result<bool, DbError> {
+    loop {
+        let (instance, op, run_id) = match begun {
+            Begun::NotOurs => {
+                tracing::debug!("lease held by another replica");
+                return Ok(false);
             }
-            Ok(StepOutcome::Poll(d)) => (index, op.attempts, d, Some(step.description), None, None),
-            Err(StepError::RetryAfter(wait, msg)) => {
-                tracing::warn!(parent: &span, error = %msg, wait_seconds = wait.as_secs(), "asked to wait; will retry then");
-                (
-                    index,
-                    op.attempts,
-                    wait,
-                    Some(step.description),
-                    Some(msg),
-                    None,
-                )
+            Begun::MovedOn(op) => {
+                tracing::debug!(operation_id = %op.id, state = %op.state, next_step = op.next_step, "operation moved on; step skipped");
+                if op.in_progress() {
+                    return lease::hold_until(deps, &op.instance_id, op.next_attempt_at).await;
+                }
+                // Finished, or overtaken by an operation another replica
+                // started: either way this replica is done with the instance.
+                lease::release(deps, &op.instance_id).await?;
+                return Ok(true);
             }
-            Err(StepError::Retry(msg)) if op.attempts + 1 < step.max_attempts => {
-                tracing::warn!(parent: &span, error = %msg, attempt = op.attempts + 1, "step failed; will retry");
-                let delay = backoff(op.attempts);
-                (
-                    index,
-                    op.attempts + 1,
-                    delay,
-                    Some(step.description),
-                    Some(msg),
-                    None,
-                )
-            }
-            Err(StepError::Retry(msg)) | Err(StepError::Fail(msg)) => {
-                tracing::warn!(parent: &span, error = %msg, "step failed; operation fails");
-                (
-                    index,
-                    op.attempts + 1,
-                    Duration::ZERO,
-                    None,
-                    Some(msg.clone()),
-                    Some(msg),
-                )
+            Begun::Ready(rows, run_id) => {
+                let (instance, op) = *rows;
+                (instance, op, run_id)
             }
         };
-        match failed {
-            Some(reason) => {
-                if action != Action::Deprovision {
-                    // Best effort: what stays is still listed, and a
-                    // deprovision removes it.
-                    if let Err(e) = certificate::remove_challenge_records(&ctx).await {
-                        tracing::warn!(parent: &span, error = ?e, "could not remove the challenge records of a failed operation");
-                    }
-                }
-                if matches!(action, Action::Update | Action::Renew) {
-                    // An edge instance goes on serving what it served.
-                    if let Err(e) = edge::restore_current(&ctx).await {
-                        tracing::warn!(parent: &span, error = ?e, "could not restore the distribution or ALIAS records after a failed operation");
-                    }
-                }
-                record_step_end(&deps, run_id).await?;
-                finish(&deps, &instance, &op, action, Err(reason)).await?
-            }
-            None => {
-                let description = description
-                    .or_else(|| table.get(next_step).map(|s| s.description))
-                    .unwrap_or("Finishing")
-                    .to_string();
-                let at = now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                let id = op_id.clone();
-                // The step's end and where the operation stands, in one
-                // transaction: one write less per step on the hot path.
-                deps.store
-                    .write("record_progress", move |c| {
-                        Box::pin(async move {
-                            queries::finish_step_run(c, &run_id).await?;
-                            queries::record_progress(
-                                c,
-                                &id,
-                                next_step as i32,
-                                attempts,
-                                at,
-                                &description,
-                                error.as_deref(),
-                            )
-                            .await
-                        })
-                    })
-                    .await?;
-            }
+        match run_step(deps, instance, op, run_id).await? {
+            Ended::Recorded(held) => return Ok(held),
+            Ended::Next(next) => begun = next,
         }
-    } else {
-        finish(&deps, &instance, &op, action, Ok(())).await?;
     }
-    Ok(())
 }
 
-/// Notes which replica runs which step of which operation, and when.
-async fn record_step_start(deps: &Deps, operation_id: &str, step: &str) -> Result<String, DbError> {
+fn action_of(op: &OperationRow) -> Action {
+    Action::parse(&op.kind).unwrap_or(Action::Provision)
+}
+
+fn table_of(instance: &InstanceRow, op: &OperationRow) -> &'static [Step] {
+    let keep_certificate = OperationRequest::parse(op).keep_certificate;
+    steps(plan_of(instance), action_of(op), keep_certificate)
+}
+
+/// The step the operation runs next; none once every step has run.
+fn step_of(instance: &InstanceRow, op: &OperationRow) -> Option<&'static Step> {
+    table_of(instance, op).get(op.next_step.max(0) as usize)
+}
+
+/// One write: takes the lease and begins the step.
+async fn begin_step(
+    deps: &Deps,
+    instance_id: &str,
+    op: &OperationRow,
+    step: Option<&'static Step>,
+) -> Result<Begun, DbError> {
+    let terms = LeaseTerms::new(deps, None);
+    let replica = deps.config.replica.id.clone();
+    let (id, op_id, next_step) = (instance_id.to_string(), op.id.clone(), op.next_step);
+    deps.store
+        .write("begin_step", move |c| {
+            Box::pin(async move {
+                if !terms.take(c, &id).await? {
+                    return Ok(Begun::NotOurs);
+                }
+                start_run(c, &id, &op_id, next_step, step, replica).await
+            })
+        })
+        .await
+}
+
+/// Inside a write, under the lease: checks that the stored operation still
+/// waits for step `next_step`, and notes which replica runs it.
+async fn start_run(
+    c: &mut DbConnection,
+    instance_id: &str,
+    op_id: &str,
+    next_step: i32,
+    step: Option<&'static Step>,
+    replica: String,
+) -> Result<Begun, DbError> {
+    let (instance, op) = load_rows(c, instance_id, op_id).await?;
+    if !op.in_progress() || op.next_step != next_step {
+        return Ok(Begun::MovedOn(Box::new(op)));
+    }
+    let Some(step) = step else {
+        return Ok(Begun::Ready(Box::new((instance, op)), None));
+    };
     let run = StepRunRow {
         id: crate::db::models::new_id(),
-        operation_id: operation_id.to_string(),
-        step: step.to_string(),
-        replica: deps.config.replica.id.clone(),
+        operation_id: op_id.to_string(),
+        step: step.name.to_string(),
+        replica,
         started_at: now(),
         finished_at: None,
     };
-    let id = run.id.clone();
-    deps.store
-        .write("insert_step_run", move |c| {
-            Box::pin(async move { queries::insert_step_run(c, &run).await })
-        })
-        .await?;
-    Ok(id)
+    queries::insert_step_run(c, &run).await?;
+    Ok(Begun::Ready(Box::new((instance, op)), Some(run.id)))
 }
 
-async fn record_step_end(deps: &Deps, run_id: String) -> Result<(), DbError> {
+/// Runs the step and records how it went in one write: with the lease held
+/// through the wait the step asks for, given up when the operation ends, or
+/// with the next step begun when there is no wait.
+async fn run_step(
+    deps: &Deps,
+    instance: InstanceRow,
+    op: OperationRow,
+    run_id: Option<String>,
+) -> Result<Ended, DbError> {
+    let action = action_of(&op);
+    let (Some(step), Some(run_id)) = (step_of(&instance, &op), run_id) else {
+        finish(deps, &instance, &op, action, Ok(()), None).await?;
+        return Ok(Ended::Recorded(true));
+    };
+    tracing::debug!(operation_id = %op.id, next_step = op.next_step, "running step");
+    let table = table_of(&instance, &op);
+    let index = op.next_step.max(0) as usize;
+    let span = tracing::info_span!("step", instance_id = %instance.id, operation_id = %op.id, step = step.name);
+    let ctx = StepContext {
+        deps: deps.clone(),
+        instance: instance.clone(),
+        operation: op.clone(),
+    };
+    let run = tracing::Instrument::instrument((step.run)(ctx.clone()), span.clone());
+    let result = tokio::time::timeout(STEP_DEADLINE, run)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StepError::Retry(format!(
+                "the step did not finish within {} seconds",
+                STEP_DEADLINE.as_secs()
+            )))
+        });
+    let (next_step, attempts, delay, description, error, failed) = match result {
+        Ok(StepOutcome::Done) => (index + 1, 0, Duration::ZERO, None, None, None),
+        // The wait is this step's doing: keep saying so until it is over.
+        Ok(StepOutcome::DoneNotBefore(d)) => (index + 1, 0, d, Some(step.description), None, None),
+        Ok(StepOutcome::Poll(d)) => (index, op.attempts, d, Some(step.description), None, None),
+        Err(StepError::RetryAfter(wait, msg)) => {
+            tracing::warn!(parent: &span, error = %msg, wait_seconds = wait.as_secs(), "asked to wait; will retry then");
+            (
+                index,
+                op.attempts,
+                wait,
+                Some(step.description),
+                Some(msg),
+                None,
+            )
+        }
+        Err(StepError::Retry(msg)) if op.attempts + 1 < step.max_attempts => {
+            tracing::warn!(parent: &span, error = %msg, attempt = op.attempts + 1, "step failed; will retry");
+            let delay = backoff(op.attempts);
+            (
+                index,
+                op.attempts + 1,
+                delay,
+                Some(step.description),
+                Some(msg),
+                None,
+            )
+        }
+        Err(StepError::Retry(msg)) | Err(StepError::Fail(msg)) => {
+            tracing::warn!(parent: &span, error = %msg, "step failed; operation fails");
+            (
+                index,
+                op.attempts + 1,
+                Duration::ZERO,
+                None,
+                Some(msg.clone()),
+                Some(msg),
+            )
+        }
+    };
+    if let Some(reason) = failed {
+        if action != Action::Deprovision {
+            // Best effort: what stays is still listed, and a deprovision
+            // removes it.
+            if let Err(e) = certificate::remove_challenge_records(&ctx).await {
+                tracing::warn!(parent: &span, error = ?e, "could not remove the challenge records of a failed operation");
+            }
+        }
+        if matches!(action, Action::Update | Action::Renew) {
+            // An edge instance goes on serving what it served.
+            if let Err(e) = edge::restore_current(&ctx).await {
+                tracing::warn!(parent: &span, error = ?e, "could not restore the distribution or ALIAS records after a failed operation");
+            }
+        }
+        finish(deps, &instance, &op, action, Err(reason), Some(run_id)).await?;
+        return Ok(Ended::Recorded(true));
+    }
+    if next_step >= table.len() && delay.is_zero() {
+        // That was the last step: end the operation in this same write.
+        finish(deps, &instance, &op, action, Ok(()), Some(run_id)).await?;
+        return Ok(Ended::Recorded(true));
+    }
+    // No wait: the next step begins in this write (unless shutting down).
+    let then = table
+        .get(next_step)
+        .filter(|_| delay.is_zero() && next_step > index && !deps.lifecycle.draining());
+    let replica = deps.config.replica.id.clone();
+    let description = description
+        .or_else(|| table.get(next_step).map(|s| s.description))
+        .unwrap_or("Finishing")
+        .to_string();
+    let at = now() + chrono::Duration::from_std(delay).unwrap_or_default();
+    // Other replicas leave the instance alone through the wait.
+    let terms = LeaseTerms::new(deps, Some(at));
+    let (instance_id, op_id) = (instance.id.clone(), op.id.clone());
     deps.store
-        .write("finish_step_run", move |c| {
-            Box::pin(async move { queries::finish_step_run(c, &run_id).await })
+        .write("end_step", move |c| {
+            Box::pin(async move {
+                queries::finish_step_run(c, &run_id).await?;
+                if !terms.take(c, &instance_id).await? {
+                    return Ok(Ended::Recorded(false));
+                }
+                queries::record_progress(
+                    c,
+                    &op_id,
+                    next_step as i32,
+                    attempts,
+                    at,
+                    &description,
+                    error.as_deref(),
+                )
+                .await?;
+                Ok(match then {
+                    None => Ended::Recorded(true),
+                    Some(step) => Ended::Next(
+                        start_run(
+                            c,
+                            &instance_id,
+                            &op_id,
+                            next_step as i32,
+                            Some(step),
+                            replica,
+                        )
+                        .await?,
+                    ),
+                })
+            })
         })
         .await
+}
+
+/// The instance and the operation as stored; both must exist.
+async fn load_rows(
+    c: &mut DbConnection,
+    instance_id: &str,
+    op_id: &str,
+) -> Result<(InstanceRow, OperationRow), DbError> {
+    queries::instance_and_operation(c, instance_id, op_id)
+        .await?
+        .ok_or_else(|| {
+            DbError::Corrupt(format!(
+                "instance {instance_id} or operation {op_id} vanished"
+            ))
+        })
 }
 
 async fn reload(
@@ -330,28 +448,19 @@ async fn reload(
 ) -> Result<(InstanceRow, OperationRow), DbError> {
     let (instance_id, op_id) = (instance_id.to_string(), op_id.to_string());
     deps.store
-        .read(move |c| {
-            Box::pin(async move {
-                let instance = queries::instance(c, &instance_id).await?;
-                let op = queries::operation(c, &op_id).await?;
-                match (instance, op) {
-                    (Some(i), Some(o)) => Ok((i, o)),
-                    _ => Err(DbError::Corrupt(format!(
-                        "instance {instance_id} or operation {op_id} vanished"
-                    ))),
-                }
-            })
-        })
+        .read(move |c| Box::pin(async move { load_rows(c, &instance_id, &op_id).await }))
         .await
 }
 
-/// Ends an operation and moves the instance to where that leaves it.
+/// Ends an operation, the step's run and the lease, and moves the instance
+/// to where that leaves it, in one write.
 async fn finish(
     deps: &Deps,
     instance: &InstanceRow,
     op: &OperationRow,
     action: Action,
     outcome: Result<(), String>,
+    run_id: Option<String>,
 ) -> Result<(), DbError> {
     let (op_state, description) = match &outcome {
         Ok(()) => (
@@ -378,6 +487,7 @@ async fn finish(
     tracing::info!(instance_id = %instance.id, operation_id = %op.id, state = op_state, %description, "operation finished");
     let (instance_id, op_id) = (instance.id.clone(), op.id.clone());
     let release = action == Action::Deprovision && outcome.is_ok();
+    let terms = LeaseTerms::new(deps, None);
     // A failed update gives back the domains it had claimed.
     let keep_domains = (action == Action::Update && outcome.is_err())
         .then(|| crate::domain::DomainList::from_stored(&instance.domains))
@@ -386,6 +496,9 @@ async fn finish(
     deps.store
         .write("finish_operation", move |c| {
             Box::pin(async move {
+                if let Some(run_id) = &run_id {
+                    queries::finish_step_run(c, run_id).await?;
+                }
                 queries::finish_operation(c, &op_id, op_state, &description).await?;
                 queries::move_instance_state(c, &instance_id, from, to).await?;
                 if release {
@@ -395,7 +508,7 @@ async fn finish(
                     let names: Vec<&str> = domains.iter().map(String::as_str).collect();
                     queries::claim_domains(c, &instance_id, &names).await?;
                 }
-                Ok(())
+                terms.release(c, &instance_id).await
             })
         })
         .await
