@@ -21,6 +21,11 @@ use crate::{catalog, db};
 /// How long in-flight HTTP requests, then running steps, may take to finish
 /// at shutdown: together under the 30 seconds platforms commonly allow.
 const REQUEST_GRACE_SECONDS: u64 = 10;
+/// An idle connection stays open this long. A server that closes one first
+/// races the client's next request on it (the client sees the connection
+/// reset, not an answer): keep it above the 90 s idle pools of Go's and
+/// reqwest's clients. (actix-web's default is 5 s.)
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(120);
 const STEP_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +139,7 @@ impl Application {
                 .configure(|cfg| routes(cfg, state.clone()))
         })
         .shutdown_timeout(REQUEST_GRACE_SECONDS)
+        .keep_alive(KEEP_ALIVE)
         .listen(listener)
         .map_err(listen_err)?
         .run();

@@ -13,6 +13,11 @@ use crate::domain::DomainName;
 /// on to an old value.
 const TXT_TTL: u32 = 60;
 
+/// Updates in flight at once. A DNS server applies a zone's updates one at
+/// a time, so more gain nothing; and BIND serves 150 TCP clients by default
+/// (`tcp-clients`), beyond which a burst of provisions would meet timeouts.
+const MAX_UPDATES_IN_FLIGHT: usize = 32;
+
 #[derive(Debug, thiserror::Error)]
 #[error("DNS update of {name} failed: {message}")]
 pub struct DnsError {
@@ -32,6 +37,7 @@ impl DnsError {
 pub struct ChallengeRecords {
     provider: Provider,
     zone: DomainName,
+    in_flight: tokio::sync::Semaphore,
 }
 
 enum Provider {
@@ -57,10 +63,10 @@ impl ChallengeRecords {
                     name: config.root_domain.to_string(),
                     message: "DNS_PROVIDER=route53 needs the AWS settings".into(),
                 })?;
-                return Ok(ChallengeRecords {
-                    provider: Provider::Route53(cloud),
-                    zone: config.root_domain.clone(),
-                });
+                return Ok(ChallengeRecords::with(
+                    Provider::Route53(cloud),
+                    config.root_domain.clone(),
+                ));
             }
         };
         let algorithm = match algorithm {
@@ -79,10 +85,18 @@ impl ChallengeRecords {
             name: key_name.clone(),
             message: e.to_string(),
         })?;
-        Ok(ChallengeRecords {
-            provider: Provider::Rfc2136(Box::new(updater)),
-            zone: config.root_domain.clone(),
-        })
+        Ok(ChallengeRecords::with(
+            Provider::Rfc2136(Box::new(updater)),
+            config.root_domain.clone(),
+        ))
+    }
+
+    fn with(provider: Provider, zone: DomainName) -> ChallengeRecords {
+        ChallengeRecords {
+            provider,
+            zone,
+            in_flight: tokio::sync::Semaphore::new(MAX_UPDATES_IN_FLIGHT),
+        }
     }
 
     fn check_in_zone(&self, name: &str) -> Result<(), DnsError> {
@@ -103,6 +117,7 @@ impl ChallengeRecords {
     /// apex and its wildcard share one name.
     pub async fn add_txt(&self, name: &str, value: &str) -> Result<(), DnsError> {
         self.check_in_zone(name)?;
+        let _turn = self.in_flight.acquire().await;
         match &self.provider {
             Provider::Rfc2136(updater) => updater
                 .add_to_rrset(
@@ -124,6 +139,7 @@ impl ChallengeRecords {
     /// Removes exactly this value; a value already gone is no error.
     pub async fn remove_txt(&self, name: &str, value: &str) -> Result<(), DnsError> {
         self.check_in_zone(name)?;
+        let _turn = self.in_flight.acquire().await;
         match &self.provider {
             Provider::Rfc2136(updater) => updater
                 .remove_from_rrset(
