@@ -5,7 +5,9 @@ pub mod queries;
 pub mod schema;
 
 use diesel::sqlite::SqliteConnection;
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
@@ -75,6 +77,22 @@ async fn establish(url: DatabaseUrl) -> diesel::ConnectionResult<DbConnection> {
     }
 }
 
+/// Whether a pooled connection is still open, asked of the driver.
+fn open(conn: &mut DbConnection) -> diesel::QueryResult<()> {
+    use diesel_async::pooled_connection::PoolableConnection;
+    let closed = match conn {
+        DbConnection::Pg(pg) => pg.is_broken(),
+        DbConnection::Sqlite(_) => false,
+    };
+    if closed {
+        return Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ClosedConnection,
+            Box::new("the connection to PostgreSQL has closed".to_string()),
+        ));
+    }
+    Ok(())
+}
+
 /// Builds the pool. Connections are made lazily, except the first, which
 /// proves the settings right at start-up.
 pub async fn pool(url: &DatabaseUrl, max_size: u32) -> Result<Pool, DbError> {
@@ -84,11 +102,15 @@ pub async fn pool(url: &DatabaseUrl, max_size: u32) -> Result<Pool, DbError> {
     let url_for_setup = url.clone();
     let mut config = ManagerConfig::default();
     config.custom_setup = Box::new(move |_| establish(url_for_setup.clone()).boxed());
-    // A SQLite connection is a file handle that cannot drop out: checking
-    // it with a `SELECT 1` at every checkout would double each read.
-    if url.is_sqlite() {
-        config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
-    }
+    // Checking a connection with a `SELECT 1` at every checkout would double
+    // each read. A SQLite connection is a file handle that cannot drop out;
+    // a PostgreSQL connection's driver knows when its socket has closed (a
+    // restarted server, a terminated backend), and that is checked instead.
+    config.recycling_method = if url.is_sqlite() {
+        RecyclingMethod::Fast
+    } else {
+        RecyclingMethod::CustomFunction(Box::new(|conn| Box::pin(std::future::ready(open(conn)))))
+    };
     let manager = AsyncDieselConnectionManager::new_with_config(url.to_string(), config);
     let pool = bb8::Pool::builder()
         .max_size(max_size)

@@ -1,6 +1,6 @@
-//! The StoreActor's group commit: writes queued together share a
-//! transaction, and a write that fails undoes only itself, alone or among
-//! others.
+//! The store: the StoreActor's group commit (writes queued together share
+//! a transaction, and a write that fails undoes only itself, alone or among
+//! others), and the pool's connections outliving PostgreSQL's.
 
 use diesel::sql_query;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
@@ -8,7 +8,9 @@ use domain_broker::actors::store::{GROUP_COMMIT, Store};
 use domain_broker::db::{self, DbError};
 
 use crate::both_backends;
-use crate::helpers::{Backend, fresh_database};
+use crate::helpers::{
+    Backend, delegated_domain, fresh_database, provision_body, random_label, spawn_app,
+};
 
 async fn scratch_store(backend: Backend, dir: &std::path::Path) -> Store {
     let url = fresh_database(backend, dir).await;
@@ -98,3 +100,38 @@ async fn a_failing_write_undoes_only_itself(backend: Backend) {
 }
 
 both_backends!(a_failing_write_undoes_only_itself);
+
+/// PostgreSQL ends every connection of the broker (as a restart or an
+/// operator's `pg_terminate_backend` would): the next requests, reads and
+/// writes, get new connections and succeed, with no `SELECT 1` at checkout.
+#[actix_web::test]
+async fn terminated_postgres_connections_are_replaced() {
+    let app = spawn_app(Backend::Postgres).await;
+    let (before, _) = app.last_operation("never-provisioned").await;
+    let (done, _) = app.last_operation("never-provisioned").await;
+    assert_eq!(before, done);
+
+    let mut conn = app.pool.get().await.unwrap();
+    let ended = sql_query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    drop(conn);
+    assert!(ended >= 1, "the broker held no connection");
+    // The driver learns of the close from the socket.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    for _ in 0..20 {
+        assert_eq!(app.last_operation("never-provisioned").await.0, before);
+    }
+    let id = format!("after-terminate-{}", random_label());
+    let domain = delegated_domain().await;
+    assert_eq!(
+        app.provision(&id, &provision_body(&domain)).await.status(),
+        202
+    );
+    assert_eq!(app.wait_done(&id).await["state"], "succeeded");
+}
