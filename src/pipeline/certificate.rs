@@ -215,13 +215,9 @@ async fn create_order(ctx: StepContext) -> StepResult {
         })
         .collect();
     tracing::info!(order = %order.url, domains = ?domains.names(), challenges = rows.len(), "order created");
-    ctx.deps
-        .store
-        .write("insert_certificate", move |c| {
-            Box::pin(async move { queries::insert_certificate(c, &certificate, &rows).await })
-        })
-        .await?;
-    Ok(StepOutcome::Done)
+    Ok(StepOutcome::DoneRecording(Box::new(move |c| {
+        Box::pin(async move { queries::insert_certificate(c, &certificate, &rows).await })
+    })))
 }
 
 /// Each TXT record is listed in `dns_records` before it is written, so that
@@ -357,22 +353,18 @@ async fn finalize_order(ctx: StepContext) -> StepResult {
     let issued = crate::acme::parse_chain(&chain).map_err(|e| StepError::Fail(e.to_string()))?;
     tracing::info!(expires_at = %issued.expires_at, "certificate issued");
     let id = cert.id.clone();
-    ctx.deps
-        .store
-        .write("store_issued", move |c| {
-            Box::pin(async move {
-                queries::store_issued(
-                    c,
-                    &id,
-                    &issued.leaf_pem,
-                    &issued.chain_pem,
-                    issued.expires_at,
-                )
-                .await
-            })
+    Ok(StepOutcome::DoneRecording(Box::new(move |c| {
+        Box::pin(async move {
+            queries::store_issued(
+                c,
+                &id,
+                &issued.leaf_pem,
+                &issued.chain_pem,
+                issued.expires_at,
+            )
+            .await
         })
-        .await?;
-    Ok(StepOutcome::Done)
+    })))
 }
 
 /// Removes DNS records, then forgets them; a record already gone is fine.
@@ -437,21 +429,17 @@ async fn install_certificate(ctx: StepContext) -> StepResult {
         .parameters
         .as_ref()
         .map(|p| (cert.domains.clone(), request.domains.clone(), p.to_string()));
-    ctx.deps
-        .store
-        .write("activate_certificate", move |c| {
-            Box::pin(async move {
-                let names: Vec<&str>;
-                let update = match &update {
-                    Some((json, domains, params)) => {
-                        names = domains.iter().map(String::as_str).collect();
-                        Some((json.as_str(), names.as_slice(), params.as_str()))
-                    }
-                    None => None,
-                };
-                queries::activate_certificate(c, &instance_id, &cert.id, update).await
-            })
+    Ok(StepOutcome::DoneRecording(Box::new(move |c| {
+        Box::pin(async move {
+            let names: Vec<&str>;
+            let update = match &update {
+                Some((json, domains, params)) => {
+                    names = domains.iter().map(String::as_str).collect();
+                    Some((json.as_str(), names.as_slice(), params.as_str()))
+                }
+                None => None,
+            };
+            queries::activate_certificate(c, &instance_id, &cert.id, update).await
         })
-        .await?;
-    Ok(StepOutcome::Done)
+    })))
 }

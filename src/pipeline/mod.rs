@@ -28,9 +28,17 @@ pub struct StepContext {
     pub operation: OperationRow,
 }
 
+/// A write a step hands back, to be committed with the step's progress.
+pub type Record =
+    Box<dyn for<'c> FnOnce(&'c mut DbConnection) -> BoxFuture<'c, Result<(), DbError>> + Send>;
+
 pub enum StepOutcome {
     /// Go on to the next step now.
     Done,
+    /// Go on to the next step now, with what this step learned (an order,
+    /// an issued certificate) written in the transaction that records its
+    /// progress: the two cannot part, and it costs no write of its own.
+    DoneRecording(Record),
     /// Go on to the next step, but not before this long.
     DoneNotBefore(Duration),
     /// Run this same step again after this long (polling; not a failure).
@@ -315,8 +323,13 @@ async fn run_step(
                 STEP_DEADLINE.as_secs()
             )))
         });
+    let mut record = None;
     let (next_step, attempts, delay, description, error, failed) = match result {
         Ok(StepOutcome::Done) => (index + 1, 0, Duration::ZERO, None, None, None),
+        Ok(StepOutcome::DoneRecording(r)) => {
+            record = Some(r);
+            (index + 1, 0, Duration::ZERO, None, None, None)
+        }
         // The wait is this step's doing: keep saying so until it is over.
         Ok(StepOutcome::DoneNotBefore(d)) => (index + 1, 0, d, Some(step.description), None, None),
         Ok(StepOutcome::Poll(d)) => (index, op.attempts, d, Some(step.description), None, None),
@@ -369,12 +382,17 @@ async fn run_step(
                 tracing::warn!(parent: &span, error = ?e, "could not restore the distribution or ALIAS records after a failed operation");
             }
         }
-        finish(deps, &instance, &op, action, Err(reason), Some(run_id)).await?;
+        let end = RunEnd {
+            run_id,
+            record: None,
+        };
+        finish(deps, &instance, &op, action, Err(reason), Some(end)).await?;
         return Ok(Ended::Recorded(true));
     }
     if next_step >= table.len() && delay.is_zero() {
         // That was the last step: end the operation in this same write.
-        finish(deps, &instance, &op, action, Ok(()), Some(run_id)).await?;
+        let end = RunEnd { run_id, record };
+        finish(deps, &instance, &op, action, Ok(()), Some(end)).await?;
         return Ok(Ended::Recorded(true));
     }
     // No wait: the next step begins in this write (unless shutting down).
@@ -393,6 +411,9 @@ async fn run_step(
     deps.store
         .write("end_step", move |c| {
             Box::pin(async move {
+                if let Some(record) = record {
+                    record(c).await?;
+                }
                 queries::finish_step_run(c, &run_id).await?;
                 if !terms.take(c, &instance_id).await? {
                     return Ok(Ended::Recorded(false));
@@ -452,6 +473,12 @@ async fn reload(
         .await
 }
 
+/// The end of a step's run, as `finish` writes it.
+struct RunEnd {
+    run_id: String,
+    record: Option<Record>,
+}
+
 /// Ends an operation, the step's run and the lease, and moves the instance
 /// to where that leaves it, in one write.
 async fn finish(
@@ -460,7 +487,7 @@ async fn finish(
     op: &OperationRow,
     action: Action,
     outcome: Result<(), String>,
-    run_id: Option<String>,
+    end: Option<RunEnd>,
 ) -> Result<(), DbError> {
     let (op_state, description) = match &outcome {
         Ok(()) => (
@@ -496,8 +523,11 @@ async fn finish(
     deps.store
         .write("finish_operation", move |c| {
             Box::pin(async move {
-                if let Some(run_id) = &run_id {
-                    queries::finish_step_run(c, run_id).await?;
+                if let Some(end) = end {
+                    if let Some(record) = end.record {
+                        record(c).await?;
+                    }
+                    queries::finish_step_run(c, &end.run_id).await?;
                 }
                 queries::finish_operation(c, &op_id, op_state, &description).await?;
                 queries::move_instance_state(c, &instance_id, from, to).await?;
