@@ -69,7 +69,9 @@ fn store_writes(c: &mut Criterion) {
         let (store, ops) = system.block_on(async {
             let url = fresh_database(backend, dir.path()).await;
             db::migrate(&url).await.unwrap();
-            let store = Store::start(db::pool(&url, 8).await.unwrap(), max_batch);
+            let store = Store::start(&url, db::pool(&url, 8).await.unwrap(), max_batch)
+                .await
+                .unwrap();
             let ops = setup(&store).await;
             (store, ops)
         });

@@ -68,9 +68,11 @@ impl Broker {
         // 4: 14.8k, 16: up to 20.2k).
         let pool_size = 16;
         let store = Store::start(
+            &config.database_url,
             db::pool(&config.database_url, pool_size).await?,
             crate::actors::store::GROUP_COMMIT,
-        );
+        )
+        .await?;
         let cipher = Cipher::new(&config.encryption_key);
         let acme = AcmeClient::new(&config.acme, store.clone(), cipher.clone())
             .map_err(|e| StartupError::Acme(e.to_string()))?;

@@ -14,6 +14,7 @@ use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 
+use crate::config::DatabaseUrl;
 use crate::db::{DbConnection, DbError, Pool};
 
 type WriteFn<T> =
@@ -185,18 +186,32 @@ pub struct Store {
 pub const GROUP_COMMIT: usize = 64;
 
 impl Store {
-    /// Starts the StoreActor on its own arbiter; `max_batch` 1 commits each
-    /// write alone.
-    pub fn start(pool: Pool, max_batch: usize) -> Store {
+    /// Starts the StoreActor on its own arbiter, with a connection of its
+    /// own made there, so that its I/O is polled on that thread and not
+    /// behind other work on the thread that happened to make a pooled one
+    /// (a PostgreSQL connection's socket is driven by a task on the runtime
+    /// that made it). Reads use `reads`. `max_batch` 1 commits each write
+    /// alone.
+    pub async fn start(url: &DatabaseUrl, reads: Pool, max_batch: usize) -> Result<Store, DbError> {
         let arbiter = Arbiter::new();
-        let actor_pool = pool.clone();
-        let addr = StoreActor::start_in_arbiter(&arbiter.handle(), move |_| StoreActor {
-            pool: actor_pool,
-            queue: VecDeque::new(),
-            committing: false,
-            max_batch: max_batch.max(1),
+        let (started, addr) = oneshot::channel();
+        let url = url.clone();
+        arbiter.spawn(async move {
+            let actor = crate::db::pool(&url, 1).await.map(|writes| {
+                StoreActor {
+                    pool: writes,
+                    queue: VecDeque::new(),
+                    committing: false,
+                    max_batch: max_batch.max(1),
+                }
+                .start()
+            });
+            let _ = started.send(actor);
         });
-        Store { addr, pool }
+        let addr = addr
+            .await
+            .map_err(|_| DbError::Connect("the store's arbiter stopped".into()))??;
+        Ok(Store { addr, pool: reads })
     }
 
     pub fn pool(&self) -> &Pool {

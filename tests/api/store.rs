@@ -21,7 +21,7 @@ async fn scratch_store(backend: Backend, dir: &std::path::Path) -> Store {
         .batch_execute("CREATE TABLE scratch (id TEXT PRIMARY KEY)")
         .await
         .unwrap();
-    Store::start(pool, GROUP_COMMIT)
+    Store::start(&url, pool, GROUP_COMMIT).await.unwrap()
 }
 
 /// Inserts each id in turn, in one write; a repeated id fails it.
