@@ -28,14 +28,18 @@ type Job = Box<dyn for<'c> FnOnce(&'c mut DbConnection) -> BoxFuture<'c, (Delive
 /// Hands a write's result to its caller, or the commit's error instead.
 type Delivery = Box<dyn FnOnce(Option<&DbError>) + Send>;
 
-/// One unit of work; committed with the others queued beside it.
+/// One unit of work; committed with the others queued beside it. The
+/// result goes straight to the caller's `reply`: an actix response future
+/// would instead wait in the actor's context, which polls every one of them
+/// on each wake-up.
 pub struct Write<T> {
     pub name: &'static str,
     run: WriteFn<T>,
+    reply: oneshot::Sender<Result<T, DbError>>,
 }
 
 impl<T: Send + 'static> Message for Write<T> {
-    type Result = Result<T, DbError>;
+    type Result = ();
 }
 
 pub struct StoreActor {
@@ -51,12 +55,14 @@ impl Actor for StoreActor {
 }
 
 impl<T: Send + 'static> Handler<Write<T>> for StoreActor {
-    type Result = ResponseFuture<Result<T, DbError>>;
+    type Result = ();
 
-    fn handle(&mut self, write: Write<T>, ctx: &mut Context<Self>) -> Self::Result {
-        let (tx, rx) = oneshot::channel();
-        let name = write.name;
-        let run = write.run;
+    fn handle(&mut self, write: Write<T>, ctx: &mut Context<Self>) {
+        let Write {
+            name,
+            run,
+            reply: tx,
+        } = write;
         self.queue.push_back(Box::new(move |c: &mut DbConnection| {
             Box::pin(async move {
                 let result = run(c).await;
@@ -80,10 +86,6 @@ impl<T: Send + 'static> Handler<Write<T>> for StoreActor {
             self.committing = true;
             ctx.notify(CommitQueued);
         }
-        Box::pin(async move {
-            rx.await
-                .map_err(|_| DbError::Connect("store actor stopped".into()))?
-        })
     }
 }
 
@@ -225,13 +227,16 @@ impl Store {
             + Send
             + 'static,
     {
-        self.addr
-            .send(Write {
-                name,
-                run: Box::new(run),
-            })
+        let (reply, result) = oneshot::channel();
+        // Unbounded: a write waits in the actor's queue, not for mailbox room.
+        self.addr.do_send(Write {
+            name,
+            run: Box::new(run),
+            reply,
+        });
+        result
             .await
-            .map_err(|e| DbError::Connect(format!("store actor unavailable: {e}")))?
+            .map_err(|_| DbError::Connect("store actor stopped".into()))?
     }
 
     pub async fn read<T, F>(&self, run: F) -> Result<T, DbError>
