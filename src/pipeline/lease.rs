@@ -3,8 +3,8 @@
 //! row before a step, renews it while the step runs, and a replica that
 //! dies loses it when it expires.
 //!
-//! Taking and holding a lease ride in the writes that begin and end a step
-//! (`LeaseTerms`), so a step costs two writes, not four.
+//! Taking and holding a lease ride in the writes that begin and record a
+//! step (`LeaseTerms`): they cost no writes of their own.
 
 use std::future::Future;
 

@@ -182,7 +182,7 @@ pub async fn advance(
     let _running = deps.lifecycle.step_started();
     let instance_id = instance.id.clone();
     let op_id = op.id.clone();
-    let begun = begin_step(&deps, &instance_id, &op, step_of(&instance, &op)).await?;
+    let begun = begin_step(&deps, &instance_id, &op).await?;
     // None: the lease was lost while a step ran.
     let still_ours = lease::keep_while(&deps, &instance_id, run_steps(&deps, begun))
         .await?
@@ -235,18 +235,8 @@ fn table_of(instance: &InstanceRow, op: &OperationRow) -> &'static [Step] {
     steps(plan_of(instance), action_of(op), keep_certificate)
 }
 
-/// The step the operation runs next; none once every step has run.
-fn step_of(instance: &InstanceRow, op: &OperationRow) -> Option<&'static Step> {
-    table_of(instance, op).get(op.next_step.max(0) as usize)
-}
-
 /// One write: takes the lease and begins the step.
-async fn begin_step(
-    deps: &Deps,
-    instance_id: &str,
-    op: &OperationRow,
-    step: Option<&'static Step>,
-) -> Result<Begun, DbError> {
+async fn begin_step(deps: &Deps, instance_id: &str, op: &OperationRow) -> Result<Begun, DbError> {
     let terms = LeaseTerms::new(deps, None);
     let replica = deps.config.replica.id.clone();
     let (id, op_id, next_step) = (instance_id.to_string(), op.id.clone(), op.next_step);
@@ -256,7 +246,7 @@ async fn begin_step(
                 if !terms.take(c, &id).await? {
                     return Ok(Begun::NotOurs);
                 }
-                start_run(c, &id, &op_id, next_step, step, replica).await
+                start_run(c, &id, &op_id, next_step, replica).await
             })
         })
         .await
@@ -269,14 +259,13 @@ async fn start_run(
     instance_id: &str,
     op_id: &str,
     next_step: i32,
-    step: Option<&'static Step>,
     replica: String,
 ) -> Result<Begun, DbError> {
     let (instance, op) = load_rows(c, instance_id, op_id).await?;
     if !op.in_progress() || op.next_step != next_step {
         return Ok(Begun::MovedOn(Box::new(op)));
     }
-    let Some(step) = step else {
+    let Some(step) = table_of(&instance, &op).get(next_step.max(0) as usize) else {
         return Ok(Begun::Ready(Box::new((instance, op)), None));
     };
     let run = StepRunRow {
@@ -301,13 +290,13 @@ async fn run_step(
     run_id: Option<String>,
 ) -> Result<Ended, DbError> {
     let action = action_of(&op);
-    let (Some(step), Some(run_id)) = (step_of(&instance, &op), run_id) else {
+    let table = table_of(&instance, &op);
+    let index = op.next_step.max(0) as usize;
+    let (Some(step), Some(run_id)) = (table.get(index), run_id) else {
         finish(deps, &instance, &op, action, Ok(()), None).await?;
         return Ok(Ended::Recorded(true));
     };
     tracing::debug!(operation_id = %op.id, next_step = op.next_step, "running step");
-    let table = table_of(&instance, &op);
-    let index = op.next_step.max(0) as usize;
     let span = tracing::info_span!("step", instance_id = %instance.id, operation_id = %op.id, step = step.name);
     let ctx = StepContext {
         deps: deps.clone(),
@@ -396,9 +385,7 @@ async fn run_step(
         return Ok(Ended::Recorded(true));
     }
     // No wait: the next step begins in this write (unless shutting down).
-    let then = table
-        .get(next_step)
-        .filter(|_| delay.is_zero() && next_step > index && !deps.lifecycle.draining());
+    let go_on = delay.is_zero() && next_step > index && !deps.lifecycle.draining();
     let replica = deps.config.replica.id.clone();
     let description = description
         .or_else(|| table.get(next_step).map(|s| s.description))
@@ -428,20 +415,11 @@ async fn run_step(
                     error.as_deref(),
                 )
                 .await?;
-                Ok(match then {
-                    None => Ended::Recorded(true),
-                    Some(step) => Ended::Next(
-                        start_run(
-                            c,
-                            &instance_id,
-                            &op_id,
-                            next_step as i32,
-                            Some(step),
-                            replica,
-                        )
-                        .await?,
-                    ),
-                })
+                if !go_on {
+                    return Ok(Ended::Recorded(true));
+                }
+                let next = start_run(c, &instance_id, &op_id, next_step as i32, replica).await?;
+                Ok(Ended::Next(next))
             })
         })
         .await
