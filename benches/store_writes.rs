@@ -93,23 +93,23 @@ fn store_writes(c: &mut Criterion) {
                                 let store = store.clone();
                                 let op = ops[(n % TASKS) as usize].clone();
                                 actix_web::rt::spawn(async move {
-                                    store
+                                    let progressed = store
                                         .write("record_progress", move |c| {
                                             Box::pin(async move {
-                                                queries::record_progress(
-                                                    c,
-                                                    &op,
-                                                    n as i32 % 9,
-                                                    0,
-                                                    models::now(),
-                                                    "Benchmarking",
-                                                    None,
-                                                )
-                                                .await
+                                                let progress = queries::Progress {
+                                                    next_step: 0,
+                                                    attempts: n as i32 % 9,
+                                                    next_attempt_at: models::now(),
+                                                    description: "Benchmarking",
+                                                    last_error: None,
+                                                    at: models::now(),
+                                                };
+                                                queries::record_progress(c, &op, 0, &progress).await
                                             })
                                         })
                                         .await
-                                        .unwrap()
+                                        .unwrap();
+                                    assert!(progressed, "the operation waits for step 0");
                                 })
                             })
                             .collect();

@@ -7,7 +7,7 @@ use diesel_async::RunQueryDsl;
 
 use super::models::*;
 use super::schema::*;
-use super::{DbConnection, DbError};
+use super::{DbConnection, DbError, Reused};
 
 type Conn = DbConnection;
 
@@ -135,17 +135,21 @@ pub async fn acquire_lease(
         service_instances::lease_expires_at.eq(Some(until)),
     );
     let updated = if exclusive {
-        diesel::update(target).set(set).execute(conn).await?
+        Reused(diesel::update(target).set(set))
+            .execute(conn)
+            .await?
     } else {
-        diesel::update(
-            target.filter(
-                service_instances::lease_owner
-                    .is_null()
-                    .or(service_instances::lease_owner.eq(replica))
-                    .or(service_instances::lease_expires_at.lt(at)),
-            ),
+        Reused(
+            diesel::update(
+                target.filter(
+                    service_instances::lease_owner
+                        .is_null()
+                        .or(service_instances::lease_owner.eq(replica))
+                        .or(service_instances::lease_expires_at.lt(at)),
+                ),
+            )
+            .set(set),
         )
-        .set(set)
         .execute(conn)
         .await?
     };
@@ -158,31 +162,25 @@ pub async fn release_lease(
     instance_id: &str,
     replica: &str,
 ) -> Result<(), DbError> {
-    diesel::update(
-        service_instances::table
-            .find(instance_id)
-            .filter(service_instances::lease_owner.eq(replica)),
+    Reused(
+        diesel::update(
+            service_instances::table
+                .find(instance_id)
+                .filter(service_instances::lease_owner.eq(replica)),
+        )
+        .set((
+            service_instances::lease_owner.eq(None::<String>),
+            service_instances::lease_expires_at.eq(None::<chrono::NaiveDateTime>),
+        )),
     )
-    .set((
-        service_instances::lease_owner.eq(None::<String>),
-        service_instances::lease_expires_at.eq(None::<chrono::NaiveDateTime>),
-    ))
     .execute(conn)
     .await?;
     Ok(())
 }
 
+/// Records a step's run, once it has ended.
 pub async fn insert_step_run(conn: &mut Conn, run: &StepRunRow) -> Result<(), DbError> {
-    diesel::insert_into(operation_steps::table)
-        .values(run)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-pub async fn finish_step_run(conn: &mut Conn, id: &str) -> Result<(), DbError> {
-    diesel::update(operation_steps::table.find(id))
-        .set(operation_steps::finished_at.eq(Some(now())))
+    Reused(diesel::insert_into(operation_steps::table).values(run))
         .execute(conn)
         .await?;
     Ok(())
@@ -319,8 +317,7 @@ pub async fn create_instance(
     {
         purge_instance(conn, &instance.id).await?;
     }
-    diesel::insert_into(service_instances::table)
-        .values(instance)
+    Reused(diesel::insert_into(service_instances::table).values(instance))
         .execute(conn)
         .await?;
     claim_domains(conn, &instance.id, domains).await?;
@@ -337,13 +334,12 @@ pub async fn claim_domains(
         .execute(conn)
         .await?;
     for domain in domains {
-        diesel::insert_into(instance_domains::table)
-            .values((
-                instance_domains::domain.eq(*domain),
-                instance_domains::instance_id.eq(instance_id),
-            ))
-            .execute(conn)
-            .await?;
+        Reused(diesel::insert_into(instance_domains::table).values((
+            instance_domains::domain.eq(*domain),
+            instance_domains::instance_id.eq(instance_id),
+        )))
+        .execute(conn)
+        .await?;
     }
     Ok(())
 }
@@ -360,20 +356,18 @@ pub async fn claim_more_domains(
         .load(conn)
         .await?;
     for domain in domains.iter().filter(|d| !held.iter().any(|h| h == *d)) {
-        diesel::insert_into(instance_domains::table)
-            .values((
-                instance_domains::domain.eq(*domain),
-                instance_domains::instance_id.eq(instance_id),
-            ))
-            .execute(conn)
-            .await?;
+        Reused(diesel::insert_into(instance_domains::table).values((
+            instance_domains::domain.eq(*domain),
+            instance_domains::instance_id.eq(instance_id),
+        )))
+        .execute(conn)
+        .await?;
     }
     Ok(())
 }
 
 pub async fn insert_operation(conn: &mut Conn, operation: &OperationRow) -> Result<(), DbError> {
-    diesel::insert_into(operations::table)
-        .values(operation)
+    Reused(diesel::insert_into(operations::table).values(operation))
         .execute(conn)
         .await?;
     Ok(())
@@ -387,70 +381,86 @@ pub async fn move_instance_state(
     from: &str,
     state: &str,
 ) -> Result<(), DbError> {
-    diesel::update(
-        service_instances::table
-            .find(id)
-            .filter(service_instances::state.eq(from)),
+    Reused(
+        diesel::update(
+            service_instances::table
+                .find(id)
+                .filter(service_instances::state.eq(from)),
+        )
+        .set((
+            service_instances::state.eq(state),
+            service_instances::updated_at.eq(now()),
+        )),
     )
-    .set((
-        service_instances::state.eq(state),
-        service_instances::updated_at.eq(now()),
-    ))
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Records where an operation stands after a step, or a retry to come.
+/// Where an operation stands after a step, or a retry to come.
+pub struct Progress<'a> {
+    pub next_step: i32,
+    pub attempts: i32,
+    pub next_attempt_at: NaiveDateTime,
+    pub description: &'a str,
+    pub last_error: Option<&'a str>,
+    pub at: NaiveDateTime,
+}
+
+/// Records the progress of step `from_step`, if the operation still waits
+/// for it; false if it has moved on (a request ended it).
 pub async fn record_progress(
     conn: &mut Conn,
     operation_id: &str,
-    next_step: i32,
-    attempts: i32,
-    next_attempt_at: NaiveDateTime,
-    description: &str,
-    last_error: Option<&str>,
-) -> Result<(), DbError> {
-    diesel::update(
-        operations::table
-            .find(operation_id)
-            .filter(operations::state.eq(operation_state::IN_PROGRESS)),
+    from_step: i32,
+    progress: &Progress<'_>,
+) -> Result<bool, DbError> {
+    let updated = Reused(
+        diesel::update(
+            operations::table
+                .find(operation_id)
+                .filter(operations::state.eq(operation_state::IN_PROGRESS))
+                .filter(operations::next_step.eq(from_step)),
+        )
+        .set((
+            operations::next_step.eq(progress.next_step),
+            operations::attempts.eq(progress.attempts),
+            operations::next_attempt_at.eq(progress.next_attempt_at),
+            operations::description.eq(progress.description),
+            operations::last_error.eq(progress.last_error),
+            operations::updated_at.eq(progress.at),
+        )),
     )
-    .set((
-        operations::next_step.eq(next_step),
-        operations::attempts.eq(attempts),
-        operations::next_attempt_at.eq(next_attempt_at),
-        operations::description.eq(description),
-        operations::last_error.eq(last_error),
-        operations::updated_at.eq(now()),
-    ))
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(updated == 1)
 }
 
+/// Ends a running operation; false if it had ended already (then it
+/// stays as it ended).
 pub async fn finish_operation(
     conn: &mut Conn,
     operation_id: &str,
     state: &str,
     description: &str,
-) -> Result<(), DbError> {
+) -> Result<bool, DbError> {
     let now = now();
-    // Only a running operation ends; one already ended stays as it ended.
-    diesel::update(
-        operations::table
-            .find(operation_id)
-            .filter(operations::state.eq(operation_state::IN_PROGRESS)),
+    let ended = Reused(
+        diesel::update(
+            operations::table
+                .find(operation_id)
+                .filter(operations::state.eq(operation_state::IN_PROGRESS)),
+        )
+        .set((
+            operations::state.eq(state),
+            operations::description.eq(description),
+            operations::updated_at.eq(now),
+            operations::finished_at.eq(Some(now)),
+        )),
     )
-    .set((
-        operations::state.eq(state),
-        operations::description.eq(description),
-        operations::updated_at.eq(now),
-        operations::finished_at.eq(Some(now)),
-    ))
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(ended == 1)
 }
 
 pub async fn release_domains(conn: &mut Conn, instance_id: &str) -> Result<(), DbError> {
@@ -461,8 +471,7 @@ pub async fn release_domains(conn: &mut Conn, instance_id: &str) -> Result<(), D
 }
 
 pub async fn insert_binding(conn: &mut Conn, binding: &BindingRow) -> Result<(), DbError> {
-    diesel::insert_into(bindings::table)
-        .values(binding)
+    Reused(diesel::insert_into(bindings::table).values(binding))
         .execute(conn)
         .await?;
     Ok(())
@@ -481,13 +490,14 @@ pub async fn start_operation(
     state: &str,
     operation: &OperationRow,
 ) -> Result<(), DbError> {
-    diesel::update(service_instances::table.find(instance_id))
-        .set((
+    Reused(
+        diesel::update(service_instances::table.find(instance_id)).set((
             service_instances::state.eq(state),
             service_instances::updated_at.eq(now()),
-        ))
-        .execute(conn)
-        .await?;
+        )),
+    )
+    .execute(conn)
+    .await?;
     insert_operation(conn, operation).await
 }
 
@@ -503,42 +513,41 @@ pub async fn certificate_of_operation(
         .optional()?)
 }
 
+/// A new certificate order: its row, its challenges, and the TXT records
+/// they need, listed before any is written so that clean-up finds them
+/// whatever happens next.
 pub async fn insert_certificate(
     conn: &mut Conn,
     certificate: &CertificateRow,
     challenges: &[ChallengeRow],
+    txt_records: &[DnsRecordRow],
 ) -> Result<(), DbError> {
-    diesel::insert_into(certificates::table)
-        .values(certificate)
+    Reused(diesel::insert_into(certificates::table).values(certificate))
         .execute(conn)
         .await?;
     for challenge in challenges {
-        diesel::insert_into(challenges::table)
-            .values(challenge)
+        Reused(diesel::insert_into(challenges::table).values(challenge))
+            .execute(conn)
+            .await?;
+    }
+    for record in txt_records {
+        Reused(diesel::insert_into(dns_records::table).values(record))
             .execute(conn)
             .await?;
     }
     Ok(())
 }
 
-pub async fn mark_challenge_answered(conn: &mut Conn, id: &str) -> Result<(), DbError> {
-    diesel::update(challenges::table.find(id))
+pub async fn mark_challenges_answered(conn: &mut Conn, ids: &[String]) -> Result<(), DbError> {
+    diesel::update(challenges::table.filter(challenges::id.eq_any(ids)))
         .set(challenges::answered_at.eq(Some(now())))
         .execute(conn)
         .await?;
     Ok(())
 }
 
-pub async fn insert_dns_record(conn: &mut Conn, record: &DnsRecordRow) -> Result<(), DbError> {
-    diesel::insert_into(dns_records::table)
-        .values(record)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-pub async fn delete_dns_record(conn: &mut Conn, id: &str) -> Result<(), DbError> {
-    diesel::delete(dns_records::table.find(id))
+pub async fn delete_dns_records(conn: &mut Conn, ids: &[String]) -> Result<(), DbError> {
+    diesel::delete(dns_records::table.filter(dns_records::id.eq_any(ids)))
         .execute(conn)
         .await?;
     Ok(())
@@ -548,8 +557,7 @@ pub async fn insert_cloud_resource(
     conn: &mut Conn,
     resource: &CloudResourceRow,
 ) -> Result<(), DbError> {
-    diesel::insert_into(cloud_resources::table)
-        .values(resource)
+    Reused(diesel::insert_into(cloud_resources::table).values(resource))
         .execute(conn)
         .await?;
     Ok(())
@@ -562,13 +570,12 @@ pub async fn cloud_resource_made(
     arn: &str,
     details: &str,
 ) -> Result<(), DbError> {
-    diesel::update(cloud_resources::table.find(id))
-        .set((
-            cloud_resources::arn.eq(Some(arn)),
-            cloud_resources::details.eq(details),
-        ))
-        .execute(conn)
-        .await?;
+    Reused(diesel::update(cloud_resources::table.find(id)).set((
+        cloud_resources::arn.eq(Some(arn)),
+        cloud_resources::details.eq(details),
+    )))
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -586,15 +593,16 @@ pub async fn store_issued(
     chain_pem: &str,
     expires_at: NaiveDateTime,
 ) -> Result<(), DbError> {
-    diesel::update(certificates::table.find(certificate_id))
-        .set((
+    Reused(
+        diesel::update(certificates::table.find(certificate_id)).set((
             certificates::leaf_pem.eq(Some(leaf_pem)),
             certificates::chain_pem.eq(Some(chain_pem)),
             certificates::expires_at.eq(Some(expires_at)),
             certificates::issued_at.eq(Some(now())),
-        ))
-        .execute(conn)
-        .await?;
+        )),
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -606,21 +614,23 @@ pub async fn activate_certificate(
     certificate_id: &str,
     update: Option<(&str, &[&str], &str)>,
 ) -> Result<(), DbError> {
-    diesel::update(service_instances::table.find(instance_id))
-        .set((
+    Reused(
+        diesel::update(service_instances::table.find(instance_id)).set((
             service_instances::current_certificate_id.eq(Some(certificate_id)),
             service_instances::updated_at.eq(now()),
-        ))
-        .execute(conn)
-        .await?;
+        )),
+    )
+    .execute(conn)
+    .await?;
     if let Some((domains_json, domains, parameters)) = update {
-        diesel::update(service_instances::table.find(instance_id))
-            .set((
+        Reused(
+            diesel::update(service_instances::table.find(instance_id)).set((
                 service_instances::domains.eq(domains_json),
                 service_instances::parameters.eq(parameters),
-            ))
-            .execute(conn)
-            .await?;
+            )),
+        )
+        .execute(conn)
+        .await?;
         claim_domains(conn, instance_id, domains).await?;
     }
     Ok(())
@@ -628,10 +638,12 @@ pub async fn activate_certificate(
 
 /// Forgets every certificate, key, challenge and binding of an instance.
 pub async fn delete_key_material(conn: &mut Conn, instance_id: &str) -> Result<(), DbError> {
-    diesel::update(service_instances::table.find(instance_id))
-        .set(service_instances::current_certificate_id.eq(None::<String>))
-        .execute(conn)
-        .await?;
+    Reused(
+        diesel::update(service_instances::table.find(instance_id))
+            .set(service_instances::current_certificate_id.eq(None::<String>)),
+    )
+    .execute(conn)
+    .await?;
     let certs = certificates::table
         .filter(certificates::instance_id.eq(instance_id))
         .select(certificates::id);
@@ -648,8 +660,7 @@ pub async fn delete_key_material(conn: &mut Conn, instance_id: &str) -> Result<(
 }
 
 pub async fn insert_acme_account(conn: &mut Conn, account: &AcmeAccountRow) -> Result<(), DbError> {
-    diesel::insert_into(acme_accounts::table)
-        .values(account)
+    Reused(diesel::insert_into(acme_accounts::table).values(account))
         .execute(conn)
         .await?;
     Ok(())

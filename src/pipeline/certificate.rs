@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 
-use super::{OperationRequest, Step, StepContext, StepError, StepOutcome, StepResult};
+use super::{OperationRequest, Record, Step, StepContext, StepError, StepOutcome, StepResult};
 use crate::acme::{AcmeError, Issuance, OrderState};
 use crate::db::models::{CertificateRow, ChallengeRow, DnsRecordRow, new_id, now};
 use crate::db::queries;
@@ -214,44 +214,34 @@ async fn create_order(ctx: StepContext) -> StepResult {
             created_at: now(),
         })
         .collect();
+    let txt_records: Vec<DnsRecordRow> = rows
+        .iter()
+        .map(|ch| DnsRecordRow {
+            id: new_id(),
+            instance_id: ctx.instance.id.clone(),
+            name: ch.txt_name.clone(),
+            record_type: "TXT".into(),
+            value: ch.txt_value.clone(),
+            created_at: now(),
+        })
+        .collect();
     tracing::info!(order = %order.url, domains = ?domains.names(), challenges = rows.len(), "order created");
-    Ok(StepOutcome::DoneRecording(Box::new(move |c| {
-        Box::pin(async move { queries::insert_certificate(c, &certificate, &rows).await })
-    })))
+    Ok(StepOutcome::DoneRecording(
+        Box::new(move |c| {
+            Box::pin(async move {
+                queries::insert_certificate(c, &certificate, &rows, &txt_records).await
+            })
+        }),
+        Duration::ZERO,
+    ))
 }
 
-/// Each TXT record is listed in `dns_records` before it is written, so that
-/// clean-up finds it whatever happens between the two.
+/// The TXT records were listed in `dns_records` with the order, before
+/// any is written here, so that clean-up finds them whatever happens next.
+/// Writing one again is harmless.
 async fn write_txt_records(ctx: StepContext) -> StepResult {
     let cert = this_certificate(&ctx).await?;
-    let instance_id = ctx.instance.id.clone();
-    let listed = {
-        let id = instance_id.clone();
-        ctx.deps
-            .store
-            .read(move |c| Box::pin(async move { queries::dns_records_of(c, &id).await }))
-            .await?
-    };
     for ch in challenges(&ctx, &cert.id).await? {
-        let known = listed
-            .iter()
-            .any(|r| r.name == ch.txt_name && r.value == ch.txt_value && r.record_type == "TXT");
-        if !known {
-            let record = DnsRecordRow {
-                id: new_id(),
-                instance_id: instance_id.clone(),
-                name: ch.txt_name.clone(),
-                record_type: "TXT".into(),
-                value: ch.txt_value.clone(),
-                created_at: now(),
-            };
-            ctx.deps
-                .store
-                .write("insert_dns_record", move |c| {
-                    Box::pin(async move { queries::insert_dns_record(c, &record).await })
-                })
-                .await?;
-        }
         ctx.deps
             .dns
             .add_txt(&ch.txt_name, &ch.txt_value)
@@ -267,8 +257,11 @@ async fn wait_for_dns(ctx: StepContext) -> StepResult {
     ))
 }
 
+/// Answering a challenge again is harmless (`answer` leaves one that is
+/// no longer pending alone), so the answers are recorded with the step.
 async fn answer_challenges(ctx: StepContext) -> StepResult {
     let cert = this_certificate(&ctx).await?;
+    let mut answered = Vec::new();
     for ch in challenges(&ctx, &cert.id).await? {
         if ch.answered_at.is_some() {
             continue;
@@ -280,15 +273,14 @@ async fn answer_challenges(ctx: StepContext) -> StepResult {
                 &ch.challenge_url,
             )
             .await?;
-        let id = ch.id.clone();
-        ctx.deps
-            .store
-            .write("mark_challenge_answered", move |c| {
-                Box::pin(async move { queries::mark_challenge_answered(c, &id).await })
-            })
-            .await?;
+        answered.push(ch.id);
     }
-    Ok(StepOutcome::DoneNotBefore(FIRST_CHECK))
+    Ok(StepOutcome::DoneRecording(
+        Box::new(move |c| {
+            Box::pin(async move { queries::mark_challenges_answered(c, &answered).await })
+        }),
+        FIRST_CHECK,
+    ))
 }
 
 async fn await_validation(ctx: StepContext) -> StepResult {
@@ -353,56 +345,66 @@ async fn finalize_order(ctx: StepContext) -> StepResult {
     let issued = crate::acme::parse_chain(&chain).map_err(|e| StepError::Fail(e.to_string()))?;
     tracing::info!(expires_at = %issued.expires_at, "certificate issued");
     let id = cert.id.clone();
-    Ok(StepOutcome::DoneRecording(Box::new(move |c| {
-        Box::pin(async move {
-            queries::store_issued(
-                c,
-                &id,
-                &issued.leaf_pem,
-                &issued.chain_pem,
-                issued.expires_at,
-            )
-            .await
-        })
-    })))
+    Ok(StepOutcome::DoneRecording(
+        Box::new(move |c| {
+            Box::pin(async move {
+                queries::store_issued(
+                    c,
+                    &id,
+                    &issued.leaf_pem,
+                    &issued.chain_pem,
+                    issued.expires_at,
+                )
+                .await
+            })
+        }),
+        Duration::ZERO,
+    ))
 }
 
-/// Removes DNS records, then forgets them; a record already gone is fine.
+/// Removes DNS records (a record already gone is fine); returns the write
+/// that forgets them, for the caller to commit with its progress. Until
+/// then they stay listed, and removing them again is harmless.
 pub async fn remove_records(
     ctx: &StepContext,
     records: Vec<DnsRecordRow>,
-) -> Result<(), StepError> {
-    for record in records {
+) -> Result<Option<Record>, StepError> {
+    if records.is_empty() {
+        return Ok(None);
+    }
+    for record in &records {
         ctx.deps
             .dns
             .remove_txt(&record.name, &record.value)
             .await
             .map_err(|e| StepError::Retry(e.to_string()))?;
-        ctx.deps
-            .store
-            .write("delete_dns_record", move |c| {
-                Box::pin(async move { queries::delete_dns_record(c, &record.id).await })
-            })
-            .await?;
     }
-    Ok(())
+    let ids: Vec<String> = records.into_iter().map(|r| r.id).collect();
+    Ok(Some(Box::new(move |c| {
+        Box::pin(async move { queries::delete_dns_records(c, &ids).await })
+    })))
 }
 
 /// After the certificate is in place, so that a DNS outage now cannot cost
 /// an issued certificate: records that cannot be removed stay listed, and
 /// the next removal (the instance's deprovision at the latest) takes them.
 async fn remove_txt_records(ctx: StepContext) -> StepResult {
-    if let Err(e) = remove_challenge_records(&ctx).await {
-        tracing::warn!(error = ?e, "challenge records stay listed for a later clean-up");
+    match remove_challenge_records(&ctx).await {
+        Ok(Some(forget)) => Ok(StepOutcome::DoneRecording(forget, Duration::ZERO)),
+        Ok(None) => Ok(StepOutcome::Done),
+        Err(e) => {
+            tracing::warn!(error = ?e, "challenge records stay listed for a later clean-up");
+            Ok(StepOutcome::Done)
+        }
     }
-    Ok(StepOutcome::Done)
 }
 
 /// Removes the TXT records of this operation's challenges; also run when
-/// the operation fails, so a failed order leaves nothing in DNS.
-pub async fn remove_challenge_records(ctx: &StepContext) -> Result<(), StepError> {
+/// the operation fails, so a failed order leaves nothing in DNS. Returns
+/// the write that forgets them, as `remove_records`.
+pub async fn remove_challenge_records(ctx: &StepContext) -> Result<Option<Record>, StepError> {
     let Some(cert) = this_certificate_if_any(ctx).await? else {
-        return Ok(());
+        return Ok(None);
     };
     let names: Vec<(String, String)> = challenges(ctx, &cert.id)
         .await?
@@ -429,17 +431,20 @@ async fn install_certificate(ctx: StepContext) -> StepResult {
         .parameters
         .as_ref()
         .map(|p| (cert.domains.clone(), request.domains.clone(), p.to_string()));
-    Ok(StepOutcome::DoneRecording(Box::new(move |c| {
-        Box::pin(async move {
-            let names: Vec<&str>;
-            let update = match &update {
-                Some((json, domains, params)) => {
-                    names = domains.iter().map(String::as_str).collect();
-                    Some((json.as_str(), names.as_slice(), params.as_str()))
-                }
-                None => None,
-            };
-            queries::activate_certificate(c, &instance_id, &cert.id, update).await
-        })
-    })))
+    Ok(StepOutcome::DoneRecording(
+        Box::new(move |c| {
+            Box::pin(async move {
+                let names: Vec<&str>;
+                let update = match &update {
+                    Some((json, domains, params)) => {
+                        names = domains.iter().map(String::as_str).collect();
+                        Some((json.as_str(), names.as_slice(), params.as_str()))
+                    }
+                    None => None,
+                };
+                queries::activate_certificate(c, &instance_id, &cert.id, update).await
+            })
+        }),
+        Duration::ZERO,
+    ))
 }

@@ -1,6 +1,8 @@
 //! Deprovision: remove, in reverse, everything the broker made for an
 //! instance, tolerating what is already gone. Works on half-built instances.
 
+use std::time::Duration;
+
 use futures_util::FutureExt;
 
 use super::{Step, StepContext, StepOutcome, StepResult};
@@ -30,17 +32,18 @@ pub async fn remove_dns_records(ctx: StepContext) -> StepResult {
         .store
         .read(move |c| Box::pin(async move { queries::dns_records_of(c, &id).await }))
         .await?;
-    super::certificate::remove_records(&ctx, records).await?;
-    Ok(StepOutcome::Done)
+    Ok(
+        match super::certificate::remove_records(&ctx, records).await? {
+            Some(forget) => StepOutcome::DoneRecording(forget, Duration::ZERO),
+            None => StepOutcome::Done,
+        },
+    )
 }
 
 async fn delete_key_material(ctx: StepContext) -> StepResult {
     let id = ctx.instance.id.clone();
-    ctx.deps
-        .store
-        .write("delete_key_material", move |c| {
-            Box::pin(async move { queries::delete_key_material(c, &id).await })
-        })
-        .await?;
-    Ok(StepOutcome::Done)
+    Ok(StepOutcome::DoneRecording(
+        Box::new(move |c| Box::pin(async move { queries::delete_key_material(c, &id).await })),
+        Duration::ZERO,
+    ))
 }

@@ -4,13 +4,15 @@
 //! dies loses it when it expires.
 //!
 //! Taking and holding a lease ride in the writes that begin and record a
-//! step (`LeaseTerms`): they cost no writes of their own.
+//! step (`LeaseTerms`): they cost no writes of their own. A step that
+//! follows a wait begins without a write, as the write that began the wait
+//! took the lease through it.
 
 use std::future::Future;
 
 use chrono::NaiveDateTime;
 
-use crate::db::models::now;
+use crate::db::models::{InstanceRow, now};
 use crate::db::{DbConnection, DbError, queries};
 use crate::deps::Deps;
 
@@ -45,6 +47,13 @@ impl LeaseTerms {
         queries::acquire_lease(c, instance_id, &self.owner, self.until, self.exclusive).await
     }
 
+    /// The instance row as taking the lease leaves it.
+    pub(super) fn taken_on(&self, mut instance: InstanceRow) -> InstanceRow {
+        instance.lease_owner = Some(self.owner.clone());
+        instance.lease_expires_at = Some(self.until);
+        instance
+    }
+
     /// Gives the lease up, if this replica holds it.
     pub(super) async fn release(
         &self,
@@ -74,6 +83,18 @@ async fn write(
             })
         })
         .await
+}
+
+/// Whether this replica holds the instance's lease (as `instance` was
+/// read) for long enough to begin a step without taking it again: the
+/// step's heartbeat renews it after a third of a lease.
+pub fn held(deps: &Deps, instance: &InstanceRow) -> bool {
+    let replica = &deps.config.replica;
+    let margin = chrono::Duration::from_std(replica.lease / 2).unwrap_or_default();
+    instance.lease_owner.as_deref() == Some(replica.id.as_str())
+        && instance
+            .lease_expires_at
+            .is_some_and(|until| until > now() + margin)
 }
 
 /// Keeps the lease through a wait between steps, so that other replicas

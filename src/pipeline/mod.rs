@@ -35,10 +35,11 @@ pub type Record =
 pub enum StepOutcome {
     /// Go on to the next step now.
     Done,
-    /// Go on to the next step now, with what this step learned (an order,
-    /// an issued certificate) written in the transaction that records its
-    /// progress: the two cannot part, and it costs no write of its own.
-    DoneRecording(Record),
+    /// Go on to the next step after this long (zero: now), with what this
+    /// step learned (an order, an issued certificate) written in the
+    /// transaction that records its progress: the two cannot part, and it
+    /// costs no write of its own.
+    DoneRecording(Record, Duration),
     /// Go on to the next step, but not before this long.
     DoneNotBefore(Duration),
     /// Run this same step again after this long (polling; not a failure).
@@ -147,16 +148,25 @@ pub enum Advanced {
     NotOurs,
 }
 
-/// Where the write that begins a step left the operation.
+/// Where the operation stood when a step was about to begin.
 enum Begun {
     /// Another replica holds the lease.
     NotOurs,
     /// Another replica or a request ended or advanced the operation while
     /// this actor waited: the step is not run.
     MovedOn(Box<OperationRow>),
-    /// The lease is ours and the rows are as stored; the id of the step's
-    /// run (none for the pass that finishes after the last step).
-    Ready(Box<(InstanceRow, OperationRow)>, Option<String>),
+    /// The lease is ours and the rows are as stored.
+    Ready(Box<(InstanceRow, OperationRow)>),
+}
+
+impl Begun {
+    /// Ready if the stored operation still waits for step `next_step`.
+    fn unless_moved_on(instance: InstanceRow, op: OperationRow, next_step: i32) -> Begun {
+        if !op.in_progress() || op.next_step != next_step {
+            return Begun::MovedOn(Box::new(op));
+        }
+        Begun::Ready(Box::new((instance, op)))
+    }
 }
 
 /// How a step's run was recorded.
@@ -165,8 +175,8 @@ enum Ended {
     /// with the operation's end. False: lost, and the replica holding it
     /// records.
     Recorded(bool),
-    /// The step was done with no wait: the write that recorded it also began
-    /// the next step.
+    /// The write that recorded the step found where the next one begins:
+    /// at once (no wait was asked), or not at all (the operation moved on).
     Next(Begun),
 }
 
@@ -199,7 +209,7 @@ pub async fn advance(
 /// instance is another replica's.
 async fn run_steps(deps: &Deps, mut begun: Begun) -> Result<bool, DbError> {
     loop {
-        let (instance, op, run_id) = match begun {
+        let (instance, op) = match begun {
             Begun::NotOurs => {
                 tracing::debug!("lease held by another replica");
                 return Ok(false);
@@ -214,12 +224,9 @@ async fn run_steps(deps: &Deps, mut begun: Begun) -> Result<bool, DbError> {
                 lease::release(deps, &op.instance_id).await?;
                 return Ok(true);
             }
-            Begun::Ready(rows, run_id) => {
-                let (instance, op) = *rows;
-                (instance, op, run_id)
-            }
+            Begun::Ready(rows) => *rows,
         };
-        match run_step(deps, instance, op, run_id).await? {
+        match run_step(deps, instance, op).await? {
             Ended::Recorded(held) => return Ok(held),
             Ended::Next(next) => begun = next,
         }
@@ -235,10 +242,15 @@ fn table_of(instance: &InstanceRow, op: &OperationRow) -> &'static [Step] {
     steps(plan_of(instance), action_of(op), keep_certificate)
 }
 
-/// One write: takes the lease and begins the step.
+/// Makes sure the lease is ours and the stored operation still waits for
+/// its next step. After a wait a read is enough, as the write that began
+/// the wait took the lease through it; otherwise one write takes it.
 async fn begin_step(deps: &Deps, instance_id: &str, op: &OperationRow) -> Result<Begun, DbError> {
+    let (instance, stored) = reload(deps, instance_id, &op.id).await?;
+    if lease::held(deps, &instance) {
+        return Ok(Begun::unless_moved_on(instance, stored, op.next_step));
+    }
     let terms = LeaseTerms::new(deps, None);
-    let replica = deps.config.replica.id.clone();
     let (id, op_id, next_step) = (instance_id.to_string(), op.id.clone(), op.next_step);
     deps.store
         .write("begin_step", move |c| {
@@ -246,53 +258,23 @@ async fn begin_step(deps: &Deps, instance_id: &str, op: &OperationRow) -> Result
                 if !terms.take(c, &id).await? {
                     return Ok(Begun::NotOurs);
                 }
-                start_run(c, &id, &op_id, next_step, replica).await
+                let (instance, stored) = queries::instance_and_operation(c, &id, &op_id)
+                    .await?
+                    .ok_or_else(|| vanished(&id, &op_id))?;
+                Ok(Begun::unless_moved_on(instance, stored, next_step))
             })
         })
         .await
 }
 
-/// Inside a write, under the lease: checks that the stored operation still
-/// waits for step `next_step`, and notes which replica runs it.
-async fn start_run(
-    c: &mut DbConnection,
-    instance_id: &str,
-    op_id: &str,
-    next_step: i32,
-    replica: String,
-) -> Result<Begun, DbError> {
-    let (instance, op) = load_rows(c, instance_id, op_id).await?;
-    if !op.in_progress() || op.next_step != next_step {
-        return Ok(Begun::MovedOn(Box::new(op)));
-    }
-    let Some(step) = table_of(&instance, &op).get(next_step.max(0) as usize) else {
-        return Ok(Begun::Ready(Box::new((instance, op)), None));
-    };
-    let run = StepRunRow {
-        id: crate::db::models::new_id(),
-        operation_id: op_id.to_string(),
-        step: step.name.to_string(),
-        replica,
-        started_at: now(),
-        finished_at: None,
-    };
-    queries::insert_step_run(c, &run).await?;
-    Ok(Begun::Ready(Box::new((instance, op)), Some(run.id)))
-}
-
 /// Runs the step and records how it went in one write: with the lease held
 /// through the wait the step asks for, given up when the operation ends, or
 /// with the next step begun when there is no wait.
-async fn run_step(
-    deps: &Deps,
-    instance: InstanceRow,
-    op: OperationRow,
-    run_id: Option<String>,
-) -> Result<Ended, DbError> {
+async fn run_step(deps: &Deps, instance: InstanceRow, op: OperationRow) -> Result<Ended, DbError> {
     let action = action_of(&op);
     let table = table_of(&instance, &op);
     let index = op.next_step.max(0) as usize;
-    let (Some(step), Some(run_id)) = (table.get(index), run_id) else {
+    let Some(step) = table.get(index) else {
         finish(deps, &instance, &op, action, Ok(()), None).await?;
         return Ok(Ended::Recorded(true));
     };
@@ -303,6 +285,7 @@ async fn run_step(
         instance: instance.clone(),
         operation: op.clone(),
     };
+    let started_at = now();
     let run = tracing::Instrument::instrument((step.run)(ctx.clone()), span.clone());
     let result = tokio::time::timeout(STEP_DEADLINE, run)
         .await
@@ -312,12 +295,21 @@ async fn run_step(
                 STEP_DEADLINE.as_secs()
             )))
         });
+    let run = StepRunRow {
+        id: crate::db::models::new_id(),
+        operation_id: op.id.clone(),
+        step: step.name.to_string(),
+        replica: deps.config.replica.id.clone(),
+        started_at,
+        finished_at: Some(now()),
+    };
     let mut record = None;
     let (next_step, attempts, delay, description, error, failed) = match result {
         Ok(StepOutcome::Done) => (index + 1, 0, Duration::ZERO, None, None, None),
-        Ok(StepOutcome::DoneRecording(r)) => {
+        Ok(StepOutcome::DoneRecording(r, d)) => {
             record = Some(r);
-            (index + 1, 0, Duration::ZERO, None, None, None)
+            let description = (!d.is_zero()).then_some(step.description);
+            (index + 1, 0, d, description, None, None)
         }
         // The wait is this step's doing: keep saying so until it is over.
         Ok(StepOutcome::DoneNotBefore(d)) => (index + 1, 0, d, Some(step.description), None, None),
@@ -358,11 +350,15 @@ async fn run_step(
         }
     };
     if let Some(reason) = failed {
+        // Best effort: what stays is still listed, and a deprovision
+        // removes it.
+        let mut forget = None;
         if action != Action::Deprovision {
-            // Best effort: what stays is still listed, and a deprovision
-            // removes it.
-            if let Err(e) = certificate::remove_challenge_records(&ctx).await {
-                tracing::warn!(parent: &span, error = ?e, "could not remove the challenge records of a failed operation");
+            match certificate::remove_challenge_records(&ctx).await {
+                Ok(removed) => forget = removed,
+                Err(e) => {
+                    tracing::warn!(parent: &span, error = ?e, "could not remove the challenge records of a failed operation")
+                }
             }
         }
         if matches!(action, Action::Update | Action::Renew) {
@@ -372,21 +368,20 @@ async fn run_step(
             }
         }
         let end = RunEnd {
-            run_id,
-            record: None,
+            run,
+            record: forget,
         };
         finish(deps, &instance, &op, action, Err(reason), Some(end)).await?;
         return Ok(Ended::Recorded(true));
     }
     if next_step >= table.len() && delay.is_zero() {
         // That was the last step: end the operation in this same write.
-        let end = RunEnd { run_id, record };
+        let end = RunEnd { run, record };
         finish(deps, &instance, &op, action, Ok(()), Some(end)).await?;
         return Ok(Ended::Recorded(true));
     }
     // No wait: the next step begins in this write (unless shutting down).
     let go_on = delay.is_zero() && next_step > index && !deps.lifecycle.draining();
-    let replica = deps.config.replica.id.clone();
     let description = description
         .or_else(|| table.get(next_step).map(|s| s.description))
         .unwrap_or("Finishing")
@@ -394,50 +389,65 @@ async fn run_step(
     let at = now() + chrono::Duration::from_std(delay).unwrap_or_default();
     // Other replicas leave the instance alone through the wait.
     let terms = LeaseTerms::new(deps, Some(at));
-    let (instance_id, op_id) = (instance.id.clone(), op.id.clone());
     deps.store
         .write("end_step", move |c| {
             Box::pin(async move {
+                if !terms.take(c, &instance.id).await? {
+                    return Ok(Ended::Recorded(false));
+                }
+                queries::insert_step_run(c, &run).await?;
+                let progress = queries::Progress {
+                    next_step: next_step as i32,
+                    attempts,
+                    next_attempt_at: at,
+                    description: &description,
+                    last_error: error.as_deref(),
+                    at: now(),
+                };
+                if !queries::record_progress(c, &op.id, index as i32, &progress).await? {
+                    // What the step learned belongs to an operation that is over.
+                    let op = queries::operation(c, &op.id)
+                        .await?
+                        .ok_or_else(|| vanished(&instance.id, &op.id))?;
+                    return Ok(Ended::Next(Begun::MovedOn(Box::new(op))));
+                }
+                let updated_at = progress.at;
+                let recorded = record.is_some();
                 if let Some(record) = record {
                     record(c).await?;
                 }
-                queries::finish_step_run(c, &run_id).await?;
-                if !terms.take(c, &instance_id).await? {
-                    return Ok(Ended::Recorded(false));
-                }
-                queries::record_progress(
-                    c,
-                    &op_id,
-                    next_step as i32,
-                    attempts,
-                    at,
-                    &description,
-                    error.as_deref(),
-                )
-                .await?;
                 if !go_on {
                     return Ok(Ended::Recorded(true));
                 }
-                let next = start_run(c, &instance_id, &op_id, next_step as i32, replica).await?;
-                Ok(Ended::Next(next))
+                // The rows as this write leaves them, as the next step's
+                // context. A record may have changed the instance (a new
+                // certificate in place): that one is read back.
+                let instance = if recorded {
+                    queries::instance(c, &instance.id)
+                        .await?
+                        .ok_or_else(|| vanished(&instance.id, &op.id))?
+                } else {
+                    terms.taken_on(instance)
+                };
+                let op = OperationRow {
+                    next_step: next_step as i32,
+                    attempts,
+                    next_attempt_at: at,
+                    description,
+                    last_error: error,
+                    updated_at,
+                    ..op
+                };
+                Ok(Ended::Next(Begun::Ready(Box::new((instance, op)))))
             })
         })
         .await
 }
 
-/// The instance and the operation as stored; both must exist.
-async fn load_rows(
-    c: &mut DbConnection,
-    instance_id: &str,
-    op_id: &str,
-) -> Result<(InstanceRow, OperationRow), DbError> {
-    queries::instance_and_operation(c, instance_id, op_id)
-        .await?
-        .ok_or_else(|| {
-            DbError::Corrupt(format!(
-                "instance {instance_id} or operation {op_id} vanished"
-            ))
-        })
+fn vanished(instance_id: &str, op_id: &str) -> DbError {
+    DbError::Corrupt(format!(
+        "instance {instance_id} or operation {op_id} vanished"
+    ))
 }
 
 async fn reload(
@@ -447,13 +457,19 @@ async fn reload(
 ) -> Result<(InstanceRow, OperationRow), DbError> {
     let (instance_id, op_id) = (instance_id.to_string(), op_id.to_string());
     deps.store
-        .read(move |c| Box::pin(async move { load_rows(c, &instance_id, &op_id).await }))
+        .read(move |c| {
+            Box::pin(async move {
+                queries::instance_and_operation(c, &instance_id, &op_id)
+                    .await?
+                    .ok_or_else(|| vanished(&instance_id, &op_id))
+            })
+        })
         .await
 }
 
 /// The end of a step's run, as `finish` writes it.
 struct RunEnd {
-    run_id: String,
+    run: StepRunRow,
     record: Option<Record>,
 }
 
@@ -501,20 +517,23 @@ async fn finish(
     deps.store
         .write("finish_operation", move |c| {
             Box::pin(async move {
-                if let Some(end) = end {
-                    if let Some(record) = end.record {
+                let (run, record) = end.map_or((None, None), |e| (Some(e.run), e.record));
+                if let Some(run) = run {
+                    queries::insert_step_run(c, &run).await?;
+                }
+                // Ended meanwhile (a request overtook it): it stays as it ended.
+                if queries::finish_operation(c, &op_id, op_state, &description).await? {
+                    if let Some(record) = record {
                         record(c).await?;
                     }
-                    queries::finish_step_run(c, &end.run_id).await?;
-                }
-                queries::finish_operation(c, &op_id, op_state, &description).await?;
-                queries::move_instance_state(c, &instance_id, from, to).await?;
-                if release {
-                    queries::release_domains(c, &instance_id).await?;
-                }
-                if let Some(domains) = &keep_domains {
-                    let names: Vec<&str> = domains.iter().map(String::as_str).collect();
-                    queries::claim_domains(c, &instance_id, &names).await?;
+                    queries::move_instance_state(c, &instance_id, from, to).await?;
+                    if release {
+                        queries::release_domains(c, &instance_id).await?;
+                    }
+                    if let Some(domains) = &keep_domains {
+                        let names: Vec<&str> = domains.iter().map(String::as_str).collect();
+                        queries::claim_domains(c, &instance_id, &names).await?;
+                    }
                 }
                 terms.release(c, &instance_id).await
             })

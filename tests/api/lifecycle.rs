@@ -225,6 +225,77 @@ async fn deprovision_overtakes_a_provision(backend: Backend) {
     }
 }
 
+/// A step whose operation moved on while it ran (a request ended it, or
+/// another replica recorded that step) records nothing; the step the
+/// operation waits for does.
+async fn a_late_step_records_nothing(backend: Backend) {
+    use domain_broker::db::models::now;
+    use domain_broker::db::queries::{self, Progress};
+    let app = spawn_app_with(backend, &[("DNS_PROPAGATION_SLEEP_TIME", "30")]).await;
+    let domain = delegated_domain().await;
+    let id = format!("late-{}", random_label());
+    assert_eq!(
+        app.provision(&id, &provision_body(&domain)).await.status(),
+        202
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while app.last_operation(&id).await.1["description"] != "Waiting for DNS changes to propagate" {
+        assert!(std::time::Instant::now() < deadline, "no DNS wait began");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut conn = app.pool.get().await.unwrap();
+    let op = queries::latest_operation(&mut conn, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    let progress = |description| Progress {
+        next_step: op.next_step + 1,
+        attempts: 0,
+        next_attempt_at: now() + chrono::Duration::seconds(60),
+        description,
+        last_error: None,
+        at: now(),
+    };
+    let late = queries::record_progress(&mut conn, &op.id, op.next_step - 1, &progress("late"))
+        .await
+        .unwrap();
+    assert!(!late, "an earlier step recorded over a later one");
+    let stored = queries::operation(&mut conn, &op.id).await.unwrap();
+    assert_eq!(stored.as_ref(), Some(&op));
+
+    let recorded = queries::record_progress(&mut conn, &op.id, op.next_step, &progress("on time"))
+        .await
+        .unwrap();
+    assert!(
+        recorded,
+        "the step the operation waits for was not recorded"
+    );
+    let recorded = queries::operation(&mut conn, &op.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (recorded.next_step, recorded.description.as_str()),
+        (op.next_step + 1, "on time")
+    );
+    drop(conn);
+
+    assert_eq!(app.deprovision(&id).await.status(), 202);
+    assert_eq!(app.wait_done(&id).await["state"], "succeeded");
+    let mut conn = app.pool.get().await.unwrap();
+    let ended = queries::operation(&mut conn, &op.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended.state, "failed");
+    let after = queries::record_progress(&mut conn, &op.id, ended.next_step, &progress("after"))
+        .await
+        .unwrap();
+    assert!(!after, "an ended operation took progress");
+    let stored = queries::operation(&mut conn, &op.id).await.unwrap();
+    assert_eq!(stored, Some(ended));
+}
+
 /// Keys and account credentials are stored encrypted, never as PEM or JSON.
 async fn secrets_are_encrypted_at_rest(backend: Backend) {
     use diesel::prelude::*;
@@ -313,6 +384,7 @@ async fn busy_instance_answers_concurrency_error(backend: Backend) {
 
 both_backends!(
     deprovision_overtakes_a_provision,
+    a_late_step_records_nothing,
     secrets_are_encrypted_at_rest,
     busy_instance_answers_concurrency_error
 );
