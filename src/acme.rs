@@ -2,6 +2,7 @@
 //! every instance and stored encrypted; orders re-opened by URL so that a
 //! restarted broker resumes where it stopped.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -112,7 +113,16 @@ pub struct AcmeClient {
     cipher: Cipher,
     roots: Arc<rustls::RootCertStore>,
     account: Mutex<Option<Arc<Account>>>,
+    /// Orders as last seen, by URL, kept from one step to the next: a step
+    /// takes its order out and puts it back. Re-opening an order by URL
+    /// costs two requests (a fresh nonce, then the order); a kept one
+    /// carries its nonce and, where the step needs no newer state, its
+    /// state. A restarted broker re-opens its orders by URL.
+    orders: std::sync::Mutex<HashMap<String, Order>>,
 }
+
+/// Orders kept at most; beyond, any one is dropped (and re-opened if needed).
+const KEPT_ORDERS: usize = 4096;
 
 impl AcmeClient {
     pub fn new(config: &AcmeConfig, store: Store, cipher: Cipher) -> Result<AcmeClient, AcmeError> {
@@ -122,6 +132,7 @@ impl AcmeClient {
             cipher,
             roots: Arc::new(root_store(config)?),
             account: Mutex::new(None),
+            orders: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -196,10 +207,38 @@ impl AcmeClient {
         Ok(account)
     }
 
-    async fn order(&self, url: &str) -> Result<Order, AcmeError> {
-        let result = self.account().await?.order(url.to_string()).await;
+    /// The order as kept by the last step, or re-opened from the CA.
+    /// `fresh`: a kept order's state is fetched again.
+    async fn order(&self, url: &str, fresh: bool) -> Result<Order, AcmeError> {
+        let kept = self.kept_orders().remove(url);
+        let result = match kept {
+            Some(mut order) if fresh => match order.refresh().await {
+                Ok(_) => Ok(order),
+                Err(e) => Err(e),
+            },
+            Some(order) => Ok(order),
+            None => self.account().await?.order(url.to_string()).await,
+        };
         self.forget_unknown_account(result.map_err(AcmeError::from))
             .await
+    }
+
+    /// Keeps an order for the next step. One that erred is not kept: the
+    /// next attempt re-opens it.
+    fn keep(&self, order: Order) {
+        let mut kept = self.kept_orders();
+        if kept.len() >= KEPT_ORDERS
+            && let Some(any) = kept.keys().next().cloned()
+        {
+            kept.remove(&any);
+        }
+        kept.insert(order.url().to_string(), order);
+    }
+
+    fn kept_orders(&self) -> std::sync::MutexGuard<'_, HashMap<String, Order>> {
+        self.orders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A CA that lost our account (a test CA restarted, or one that purges
@@ -211,6 +250,7 @@ impl AcmeClient {
         if let Err(AcmeError::AccountUnknown(_)) = &result {
             tracing::warn!(directory = %self.config.directory_url, "ACME account unknown to the CA; it will be registered again");
             *self.account.lock().await = None;
+            self.kept_orders().clear();
             let directory = self.config.directory_url.clone();
             self.store
                 .write("delete_acme_account", move |c| {
@@ -255,40 +295,35 @@ impl AcmeClient {
                 txt_value: challenge.key_authorization().dns_value(),
             });
         }
+        self.keep(order);
         Ok(CreatedOrder { url, challenges })
     }
 
     /// Tells the CA a challenge's record is in place.
     pub async fn answer(&self, order_url: &str, challenge_url: &str) -> Result<(), AcmeError> {
-        let mut order = self.order(order_url).await?;
-        let mut authorizations = order.authorizations();
-        while let Some(authz) = authorizations.next().await {
-            let mut authz = authz?;
-            if let Some(mut challenge) = authz.challenge(ChallengeType::Dns01)
-                && challenge.url == challenge_url
-            {
-                if challenge.status == instant_acme::ChallengeStatus::Pending {
-                    challenge.set_ready().await?;
-                }
-                return Ok(());
-            }
+        // The order's state is not needed: its authorizations are fetched.
+        let mut order = self.order(order_url, false).await?;
+        let found = set_ready(&mut order, challenge_url).await?;
+        self.keep(order);
+        if !found {
+            return Err(AcmeError::Invalid(format!(
+                "the order no longer has the challenge {challenge_url}"
+            )));
         }
-        Err(AcmeError::Invalid(format!(
-            "the order no longer has the challenge {challenge_url}"
-        )))
+        Ok(())
     }
 
     pub async fn order_state(&self, order_url: &str) -> Result<OrderState, AcmeError> {
-        // Fetching the order reads its state: no second request.
-        let mut order = self.order(order_url).await?;
-        let status = order.state().status;
-        Ok(match status {
+        let mut order = self.order(order_url, true).await?;
+        let state = match order.state().status {
             OrderStatus::Pending => OrderState::Pending,
             OrderStatus::Ready => OrderState::Ready,
             OrderStatus::Processing => OrderState::Processing,
             OrderStatus::Valid => OrderState::Valid,
-            OrderStatus::Invalid => OrderState::Invalid(why_invalid(&mut order).await),
-        })
+            OrderStatus::Invalid => return Ok(OrderState::Invalid(why_invalid(&mut order).await)),
+        };
+        self.keep(order);
+        Ok(state)
     }
 
     /// Finalizes with a CSR for `key_pem` (unless already done) and
@@ -299,7 +334,12 @@ impl AcmeClient {
         key_pem: &str,
         domains: &DomainList,
     ) -> Result<Issuance, AcmeError> {
-        let mut order = self.order(order_url).await?;
+        // Kept by the validation step, its state is the one that step just
+        // saw; an order still pending then is looked at again.
+        let mut order = self.order(order_url, false).await?;
+        if order.state().status == OrderStatus::Pending {
+            order.refresh().await?;
+        }
         let submitted = match order.state().status {
             OrderStatus::Ready => {
                 let csr = csr_der(key_pem, domains)?;
@@ -307,15 +347,40 @@ impl AcmeClient {
                 true
             }
             OrderStatus::Processing | OrderStatus::Valid => false,
-            OrderStatus::Pending => return Ok(Issuance::NotYet),
+            OrderStatus::Pending => {
+                self.keep(order);
+                return Ok(Issuance::NotYet);
+            }
             OrderStatus::Invalid => return Err(AcmeError::Invalid(why_invalid(&mut order).await)),
         };
-        Ok(match order.certificate().await? {
-            Some(chain) => Issuance::Issued(chain),
-            None if submitted => Issuance::Submitted,
-            None => Issuance::NotYet,
-        })
+        let Some(chain) = order.certificate().await? else {
+            self.keep(order);
+            return Ok(if submitted {
+                Issuance::Submitted
+            } else {
+                Issuance::NotYet
+            });
+        };
+        Ok(Issuance::Issued(chain))
     }
+}
+
+/// Marks the order's dns-01 challenge at `challenge_url` ready, unless it
+/// is past pending; false if the order has no such challenge.
+async fn set_ready(order: &mut Order, challenge_url: &str) -> Result<bool, AcmeError> {
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz?;
+        if let Some(mut challenge) = authz.challenge(ChallengeType::Dns01)
+            && challenge.url == challenge_url
+        {
+            if challenge.status == instant_acme::ChallengeStatus::Pending {
+                challenge.set_ready().await?;
+            }
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The system's roots, plus `ACME_ROOT_CERT` when set (a test CA).
