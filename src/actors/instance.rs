@@ -318,6 +318,7 @@ impl InstanceActor {
             };
         }
         let created = now();
+        let (lease_owner, lease_expires_at) = pipeline::lease_for_new_instance(&self.deps);
         let row = InstanceRow {
             id: self.id.clone(),
             service_id: req.service_id,
@@ -331,8 +332,8 @@ impl InstanceActor {
             current_certificate_id: None,
             created_at: created,
             updated_at: created,
-            lease_owner: None,
-            lease_expires_at: None,
+            lease_owner,
+            lease_expires_at,
         };
         let store = self.deps.store.clone();
         let (write_row, write_op) = (row.clone(), op.clone());

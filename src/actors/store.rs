@@ -192,15 +192,14 @@ impl Store {
     /// own made there, so that its I/O is polled on that thread and not
     /// behind other work on the thread that happened to make a pooled one
     /// (a PostgreSQL connection's socket is driven by a task on the runtime
-    /// that made it); a SQLite connection runs its queries right on that
-    /// thread, which has no other work. Reads use `reads`. `max_batch` 1
-    /// commits each write alone.
+    /// that made it). Reads use `reads`. `max_batch` 1 commits each write
+    /// alone.
     pub async fn start(url: &DatabaseUrl, reads: Pool, max_batch: usize) -> Result<Store, DbError> {
         let arbiter = Arbiter::new();
         let (started, addr) = oneshot::channel();
         let url = url.clone();
         arbiter.spawn(async move {
-            let actor = crate::db::writer_pool(&url).await.map(|writes| {
+            let actor = crate::db::pool(&url, 1).await.map(|writes| {
                 StoreActor {
                     pool: writes,
                     queue: VecDeque::new(),

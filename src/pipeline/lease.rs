@@ -85,6 +85,14 @@ async fn write(
         .await
 }
 
+/// The lease a replica writes into an instance it creates, as owner and
+/// expiry: its actor begins the first step at once, without a write to
+/// take it.
+pub fn for_new_instance(deps: &Deps) -> (Option<String>, Option<NaiveDateTime>) {
+    let terms = LeaseTerms::new(deps, None);
+    (Some(terms.owner), Some(terms.until))
+}
+
 /// Whether this replica holds the instance's lease (as `instance` was
 /// read) for long enough to begin a step without taking it again: the
 /// step's heartbeat renews it after a third of a lease.

@@ -7,6 +7,8 @@ mod cleanup;
 mod edge;
 mod lease;
 
+pub use lease::for_new_instance as lease_for_new_instance;
+
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
