@@ -318,7 +318,6 @@ impl InstanceActor {
             };
         }
         let created = now();
-        let (lease_owner, lease_expires_at) = pipeline::lease_for_new_instance(&self.deps);
         let row = InstanceRow {
             id: self.id.clone(),
             service_id: req.service_id,
@@ -332,9 +331,10 @@ impl InstanceActor {
             current_certificate_id: None,
             created_at: created,
             updated_at: created,
-            lease_owner,
-            lease_expires_at,
+            lease_owner: None,
+            lease_expires_at: None,
         };
+        let row = pipeline::lease_new_instance(&self.deps, row);
         let store = self.deps.store.clone();
         let (write_row, write_op) = (row.clone(), op.clone());
         let domains: Vec<String> = request.domains.clone();

@@ -390,8 +390,7 @@ pub async fn remove_records(
 /// the next removal (the instance's deprovision at the latest) takes them.
 async fn remove_txt_records(ctx: StepContext) -> StepResult {
     match remove_challenge_records(&ctx).await {
-        Ok(Some(forget)) => Ok(StepOutcome::DoneRecording(forget, Duration::ZERO)),
-        Ok(None) => Ok(StepOutcome::Done),
+        Ok(forget) => Ok(StepOutcome::recording(forget)),
         Err(e) => {
             tracing::warn!(error = ?e, "challenge records stay listed for a later clean-up");
             Ok(StepOutcome::Done)

@@ -32,12 +32,8 @@ pub async fn remove_dns_records(ctx: StepContext) -> StepResult {
         .store
         .read(move |c| Box::pin(async move { queries::dns_records_of(c, &id).await }))
         .await?;
-    Ok(
-        match super::certificate::remove_records(&ctx, records).await? {
-            Some(forget) => StepOutcome::DoneRecording(forget, Duration::ZERO),
-            None => StepOutcome::Done,
-        },
-    )
+    let forget = super::certificate::remove_records(&ctx, records).await?;
+    Ok(StepOutcome::recording(forget))
 }
 
 async fn delete_key_material(ctx: StepContext) -> StepResult {

@@ -85,12 +85,10 @@ async fn write(
         .await
 }
 
-/// The lease a replica writes into an instance it creates, as owner and
-/// expiry: its actor begins the first step at once, without a write to
-/// take it.
-pub fn for_new_instance(deps: &Deps) -> (Option<String>, Option<NaiveDateTime>) {
-    let terms = LeaseTerms::new(deps, None);
-    (Some(terms.owner), Some(terms.until))
+/// An instance this replica creates, with its lease already in the row:
+/// its actor begins the first step at once, without a write to take it.
+pub fn on_new_instance(deps: &Deps, instance: InstanceRow) -> InstanceRow {
+    LeaseTerms::new(deps, None).taken_on(instance)
 }
 
 /// Whether this replica holds the instance's lease (as `instance` was

@@ -7,7 +7,7 @@ mod cleanup;
 mod edge;
 mod lease;
 
-pub use lease::for_new_instance as lease_for_new_instance;
+pub use lease::on_new_instance as lease_new_instance;
 
 use std::time::Duration;
 
@@ -46,6 +46,17 @@ pub enum StepOutcome {
     DoneNotBefore(Duration),
     /// Run this same step again after this long (polling; not a failure).
     Poll(Duration),
+}
+
+impl StepOutcome {
+    /// Go on to the next step now, with `record`, if there is one, written
+    /// with the step's progress.
+    pub fn recording(record: Option<Record>) -> StepOutcome {
+        match record {
+            Some(record) => StepOutcome::DoneRecording(record, Duration::ZERO),
+            None => StepOutcome::Done,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -260,9 +271,7 @@ async fn begin_step(deps: &Deps, instance_id: &str, op: &OperationRow) -> Result
                 if !terms.take(c, &id).await? {
                     return Ok(Begun::NotOurs);
                 }
-                let (instance, stored) = queries::instance_and_operation(c, &id, &op_id)
-                    .await?
-                    .ok_or_else(|| vanished(&id, &op_id))?;
+                let (instance, stored) = load_rows(c, &id, &op_id).await?;
                 Ok(Begun::unless_moved_on(instance, stored, next_step))
             })
         })
@@ -446,6 +455,17 @@ async fn run_step(deps: &Deps, instance: InstanceRow, op: OperationRow) -> Resul
         .await
 }
 
+/// The instance and the operation as stored; both must exist.
+async fn load_rows(
+    c: &mut DbConnection,
+    instance_id: &str,
+    op_id: &str,
+) -> Result<(InstanceRow, OperationRow), DbError> {
+    queries::instance_and_operation(c, instance_id, op_id)
+        .await?
+        .ok_or_else(|| vanished(instance_id, op_id))
+}
+
 fn vanished(instance_id: &str, op_id: &str) -> DbError {
     DbError::Corrupt(format!(
         "instance {instance_id} or operation {op_id} vanished"
@@ -459,13 +479,7 @@ async fn reload(
 ) -> Result<(InstanceRow, OperationRow), DbError> {
     let (instance_id, op_id) = (instance_id.to_string(), op_id.to_string());
     deps.store
-        .read(move |c| {
-            Box::pin(async move {
-                queries::instance_and_operation(c, &instance_id, &op_id)
-                    .await?
-                    .ok_or_else(|| vanished(&instance_id, &op_id))
-            })
-        })
+        .read(move |c| Box::pin(async move { load_rows(c, &instance_id, &op_id).await }))
         .await
 }
 

@@ -388,15 +388,8 @@ async fn route53_challenge_records(backend: Backend) {
         202
     );
     let name = challenge_txt_name(&domain);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let (_, body) = app.last_operation(&id).await;
-        if body["description"] == "Waiting for DNS changes to propagate" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{body}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    app.wait_for_description(&id, "Waiting for DNS changes to propagate")
+        .await;
     assert_eq!(world.txt_values(&name).await.len(), 1);
     assert!(txt_values(&name).is_empty(), "nothing was written to BIND");
     let done = app.wait_done(&id).await;

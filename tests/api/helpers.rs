@@ -178,6 +178,19 @@ impl TestApp {
         )
     }
 
+    /// Polls until the latest operation says `description` (20 s at most).
+    pub async fn wait_for_description(&self, id: &str, description: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, body) = self.last_operation(id).await;
+            if body["description"] == description {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never \"{description}\": {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Polls until the latest operation is no longer in progress.
     pub async fn wait_done(&self, id: &str) -> Value {
         wait_done(|| self.last_operation(id)).await

@@ -238,11 +238,8 @@ async fn a_late_step_records_nothing(backend: Backend) {
         app.provision(&id, &provision_body(&domain)).await.status(),
         202
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while app.last_operation(&id).await.1["description"] != "Waiting for DNS changes to propagate" {
-        assert!(std::time::Instant::now() < deadline, "no DNS wait began");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    app.wait_for_description(&id, "Waiting for DNS changes to propagate")
+        .await;
     let mut conn = app.pool.get().await.unwrap();
     let op = queries::latest_operation(&mut conn, &id)
         .await
