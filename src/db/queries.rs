@@ -320,11 +320,13 @@ pub async fn create_instance(
     Reused(diesel::insert_into(service_instances::table).values(instance))
         .execute(conn)
         .await?;
-    claim_domains(conn, &instance.id, domains).await?;
+    // A new row holds no claims yet.
+    insert_claims(conn, &instance.id, domains).await?;
     insert_operation(conn, operation).await?;
     Ok(Ok(()))
 }
 
+/// Makes `domains` the instance's claims, in place of those it held.
 pub async fn claim_domains(
     conn: &mut Conn,
     instance_id: &str,
@@ -333,6 +335,14 @@ pub async fn claim_domains(
     diesel::delete(instance_domains::table.filter(instance_domains::instance_id.eq(instance_id)))
         .execute(conn)
         .await?;
+    insert_claims(conn, instance_id, domains).await
+}
+
+async fn insert_claims(
+    conn: &mut Conn,
+    instance_id: &str,
+    domains: &[&str],
+) -> Result<(), DbError> {
     for domain in domains {
         Reused(diesel::insert_into(instance_domains::table).values((
             instance_domains::domain.eq(*domain),

@@ -92,15 +92,17 @@ pub fn on_new_instance(deps: &Deps, instance: InstanceRow) -> InstanceRow {
 }
 
 /// Whether this replica holds the instance's lease (as `instance` was
-/// read) for long enough to begin a step without taking it again: the
-/// step's heartbeat renews it after a third of a lease.
-pub fn held(deps: &Deps, instance: &InstanceRow) -> bool {
+/// read, or as this replica last took it) from `from` (now, or a wait's
+/// end) for long enough to begin a step without taking it again: the
+/// step's heartbeat renews it after a third of a lease. No other replica
+/// can have taken it since: it has not expired.
+pub fn held(deps: &Deps, instance: &InstanceRow, from: NaiveDateTime) -> bool {
     let replica = &deps.config.replica;
     let margin = chrono::Duration::from_std(replica.lease / 2).unwrap_or_default();
     instance.lease_owner.as_deref() == Some(replica.id.as_str())
         && instance
             .lease_expires_at
-            .is_some_and(|until| until > now() + margin)
+            .is_some_and(|until| until > from.max(now()) + margin)
 }
 
 /// Keeps the lease through a wait between steps, so that other replicas

@@ -191,6 +191,9 @@ enum Ended {
     /// The write that recorded the step found where the next one begins:
     /// at once (no wait was asked), or not at all (the operation moved on).
     Next(Begun),
+    /// Recorded with what the step learned, which may have changed the
+    /// instance: this step begins at once, with the rows read again.
+    NextAfterRecord(i32),
 }
 
 /// Runs the operation's next step, under the instance's lease, and records
@@ -239,9 +242,15 @@ async fn run_steps(deps: &Deps, mut begun: Begun) -> Result<bool, DbError> {
             }
             Begun::Ready(rows) => *rows,
         };
+        let (instance_id, op_id) = (instance.id.clone(), op.id.clone());
         match run_step(deps, instance, op).await? {
             Ended::Recorded(held) => return Ok(held),
             Ended::Next(next) => begun = next,
+            // Read outside the write: the writer's time is everyone's.
+            Ended::NextAfterRecord(next_step) => {
+                let (instance, op) = reload(deps, &instance_id, &op_id).await?;
+                begun = Begun::unless_moved_on(instance, op, next_step);
+            }
         }
     }
 }
@@ -260,7 +269,7 @@ fn table_of(instance: &InstanceRow, op: &OperationRow) -> &'static [Step] {
 /// the wait took the lease through it; otherwise one write takes it.
 async fn begin_step(deps: &Deps, instance_id: &str, op: &OperationRow) -> Result<Begun, DbError> {
     let (instance, stored) = reload(deps, instance_id, &op.id).await?;
-    if lease::held(deps, &instance) {
+    if lease::held(deps, &instance, now()) {
         return Ok(Begun::unless_moved_on(instance, stored, op.next_step));
     }
     let terms = LeaseTerms::new(deps, None);
@@ -398,12 +407,15 @@ async fn run_step(deps: &Deps, instance: InstanceRow, op: OperationRow) -> Resul
         .unwrap_or("Finishing")
         .to_string();
     let at = now() + chrono::Duration::from_std(delay).unwrap_or_default();
-    // Other replicas leave the instance alone through the wait.
-    let terms = LeaseTerms::new(deps, Some(at));
+    // Other replicas leave the instance alone through the wait: the lease
+    // is taken through it, unless already held that long.
+    let terms = (!lease::held(deps, &instance, at)).then(|| LeaseTerms::new(deps, Some(at)));
     deps.store
         .write("end_step", move |c| {
             Box::pin(async move {
-                if !terms.take(c, &instance.id).await? {
+                if let Some(terms) = &terms
+                    && !terms.take(c, &instance.id).await?
+                {
                     return Ok(Ended::Recorded(false));
                 }
                 queries::insert_step_run(c, &run).await?;
@@ -430,15 +442,16 @@ async fn run_step(deps: &Deps, instance: InstanceRow, op: OperationRow) -> Resul
                 if !go_on {
                     return Ok(Ended::Recorded(true));
                 }
-                // The rows as this write leaves them, as the next step's
-                // context. A record may have changed the instance (a new
-                // certificate in place): that one is read back.
-                let instance = if recorded {
-                    queries::instance(c, &instance.id)
-                        .await?
-                        .ok_or_else(|| vanished(&instance.id, &op.id))?
-                } else {
-                    terms.taken_on(instance)
+                // A record may have changed the instance (a new certificate
+                // in place): the next step reads the rows again.
+                if recorded {
+                    return Ok(Ended::NextAfterRecord(next_step as i32));
+                }
+                // Otherwise the rows as this write leaves them are the next
+                // step's context.
+                let instance = match &terms {
+                    Some(terms) => terms.taken_on(instance),
+                    None => instance,
                 };
                 let op = OperationRow {
                     next_step: next_step as i32,

@@ -89,6 +89,24 @@ async fn certificate_lifecycle(backend: Backend) {
     assert!(body["operation"].is_string());
     let done = app.wait_done(&id).await;
     assert_eq!(done["state"], "succeeded", "{done}");
+    // Every step's run is on record, in order (a poll runs its step more
+    // than once).
+    let mut runs = step_runs(&app, &id).await;
+    runs.dedup();
+    assert_eq!(
+        runs,
+        [
+            "ensure_acme_account",
+            "create_order",
+            "write_txt_records",
+            "wait_for_dns",
+            "answer_challenges",
+            "await_validation",
+            "finalize_order",
+            "install_certificate",
+            "remove_txt_records",
+        ]
+    );
 
     let res = app.bind(&id, "bind-1", &bind_body()).await;
     assert_eq!(res.status(), 201);
@@ -127,6 +145,23 @@ async fn certificate_lifecycle(backend: Backend) {
     let (status, body) = app.last_operation(&id).await;
     assert_eq!((status, body["state"].as_str()), (200, Some("succeeded")));
     assert_eq!(app.count("acme_accounts").await, 1);
+}
+
+/// The steps the instance's provision ran, in order.
+async fn step_runs(app: &TestApp, instance_id: &str) -> Vec<String> {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use domain_broker::db::schema::{operation_steps, operations};
+    let mut conn = app.pool.get().await.unwrap();
+    operation_steps::table
+        .inner_join(operations::table)
+        .filter(operations::instance_id.eq(instance_id))
+        .filter(operations::kind.eq("provision"))
+        .order(operation_steps::started_at)
+        .select(operation_steps::step)
+        .load(&mut *conn)
+        .await
+        .unwrap()
 }
 
 async fn wildcard_and_apex_share_one_challenge_name(backend: Backend) {
