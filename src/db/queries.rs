@@ -365,15 +365,12 @@ pub async fn claim_more_domains(
         .select(instance_domains::domain)
         .load(conn)
         .await?;
-    for domain in domains.iter().filter(|d| !held.iter().any(|h| h == *d)) {
-        Reused(diesel::insert_into(instance_domains::table).values((
-            instance_domains::domain.eq(*domain),
-            instance_domains::instance_id.eq(instance_id),
-        )))
-        .execute(conn)
-        .await?;
-    }
-    Ok(())
+    let new: Vec<&str> = domains
+        .iter()
+        .copied()
+        .filter(|d| !held.iter().any(|h| h == d))
+        .collect();
+    insert_claims(conn, instance_id, &new).await
 }
 
 pub async fn insert_operation(conn: &mut Conn, operation: &OperationRow) -> Result<(), DbError> {

@@ -226,14 +226,11 @@ async fn create_order(ctx: StepContext) -> StepResult {
         })
         .collect();
     tracing::info!(order = %order.url, domains = ?domains.names(), challenges = rows.len(), "order created");
-    Ok(StepOutcome::DoneRecording(
-        Box::new(move |c| {
-            Box::pin(async move {
-                queries::insert_certificate(c, &certificate, &rows, &txt_records).await
-            })
-        }),
-        Duration::ZERO,
-    ))
+    Ok(StepOutcome::DoneRecording(Box::new(move |c| {
+        Box::pin(
+            async move { queries::insert_certificate(c, &certificate, &rows, &txt_records).await },
+        )
+    })))
 }
 
 /// The TXT records were listed in `dns_records` with the order, before
@@ -254,6 +251,7 @@ async fn write_txt_records(ctx: StepContext) -> StepResult {
 async fn wait_for_dns(ctx: StepContext) -> StepResult {
     Ok(StepOutcome::DoneNotBefore(
         ctx.deps.config.dns.propagation_sleep,
+        None,
     ))
 }
 
@@ -275,11 +273,11 @@ async fn answer_challenges(ctx: StepContext) -> StepResult {
             .await?;
         answered.push(ch.id);
     }
-    Ok(StepOutcome::DoneRecording(
-        Box::new(move |c| {
-            Box::pin(async move { queries::mark_challenges_answered(c, &answered).await })
-        }),
+    Ok(StepOutcome::DoneNotBefore(
         FIRST_CHECK,
+        Some(Box::new(move |c| {
+            Box::pin(async move { queries::mark_challenges_answered(c, &answered).await })
+        })),
     ))
 }
 
@@ -345,21 +343,18 @@ async fn finalize_order(ctx: StepContext) -> StepResult {
     let issued = crate::acme::parse_chain(&chain).map_err(|e| StepError::Fail(e.to_string()))?;
     tracing::info!(expires_at = %issued.expires_at, "certificate issued");
     let id = cert.id.clone();
-    Ok(StepOutcome::DoneRecording(
-        Box::new(move |c| {
-            Box::pin(async move {
-                queries::store_issued(
-                    c,
-                    &id,
-                    &issued.leaf_pem,
-                    &issued.chain_pem,
-                    issued.expires_at,
-                )
-                .await
-            })
-        }),
-        Duration::ZERO,
-    ))
+    Ok(StepOutcome::DoneRecording(Box::new(move |c| {
+        Box::pin(async move {
+            queries::store_issued(
+                c,
+                &id,
+                &issued.leaf_pem,
+                &issued.chain_pem,
+                issued.expires_at,
+            )
+            .await
+        })
+    })))
 }
 
 /// Removes DNS records (a record already gone is fine); returns the write
@@ -430,20 +425,17 @@ async fn install_certificate(ctx: StepContext) -> StepResult {
         .parameters
         .as_ref()
         .map(|p| (cert.domains.clone(), request.domains.clone(), p.to_string()));
-    Ok(StepOutcome::DoneRecording(
-        Box::new(move |c| {
-            Box::pin(async move {
-                let names: Vec<&str>;
-                let update = match &update {
-                    Some((json, domains, params)) => {
-                        names = domains.iter().map(String::as_str).collect();
-                        Some((json.as_str(), names.as_slice(), params.as_str()))
-                    }
-                    None => None,
-                };
-                queries::activate_certificate(c, &instance_id, &cert.id, update).await
-            })
-        }),
-        Duration::ZERO,
-    ))
+    Ok(StepOutcome::DoneRecording(Box::new(move |c| {
+        Box::pin(async move {
+            let names: Vec<&str>;
+            let update = match &update {
+                Some((json, domains, params)) => {
+                    names = domains.iter().map(String::as_str).collect();
+                    Some((json.as_str(), names.as_slice(), params.as_str()))
+                }
+                None => None,
+            };
+            queries::activate_certificate(c, &instance_id, &cert.id, update).await
+        })
+    })))
 }

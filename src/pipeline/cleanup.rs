@@ -1,8 +1,6 @@
 //! Deprovision: remove, in reverse, everything the broker made for an
 //! instance, tolerating what is already gone. Works on half-built instances.
 
-use std::time::Duration;
-
 use futures_util::FutureExt;
 
 use super::{Step, StepContext, StepOutcome, StepResult};
@@ -38,8 +36,7 @@ pub async fn remove_dns_records(ctx: StepContext) -> StepResult {
 
 async fn delete_key_material(ctx: StepContext) -> StepResult {
     let id = ctx.instance.id.clone();
-    Ok(StepOutcome::DoneRecording(
-        Box::new(move |c| Box::pin(async move { queries::delete_key_material(c, &id).await })),
-        Duration::ZERO,
-    ))
+    Ok(StepOutcome::DoneRecording(Box::new(move |c| {
+        Box::pin(async move { queries::delete_key_material(c, &id).await })
+    })))
 }

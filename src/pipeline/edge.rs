@@ -588,7 +588,7 @@ async fn overlap_old_certificate(ctx: StepContext) -> StepResult {
         .any(|r| r.kind == resource_kind::LISTENER_CERTIFICATE);
     if old_on_listener && ctx.deps.cloud.is_some() {
         let overlap = cloud(&ctx)?.config.alb_overlap;
-        return Ok(StepOutcome::DoneNotBefore(overlap));
+        return Ok(StepOutcome::DoneNotBefore(overlap, None));
     }
     Ok(StepOutcome::Done)
 }

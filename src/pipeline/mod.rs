@@ -37,13 +37,13 @@ pub type Record =
 pub enum StepOutcome {
     /// Go on to the next step now.
     Done,
-    /// Go on to the next step after this long (zero: now), with what this
-    /// step learned (an order, an issued certificate) written in the
-    /// transaction that records its progress: the two cannot part, and it
-    /// costs no write of its own.
-    DoneRecording(Record, Duration),
-    /// Go on to the next step, but not before this long.
-    DoneNotBefore(Duration),
+    /// Go on to the next step now, with what this step learned (an order,
+    /// an issued certificate) written in the transaction that records its
+    /// progress: the two cannot part, and it costs no write of its own.
+    DoneRecording(Record),
+    /// Go on to the next step, but not before this long; with what this
+    /// step learned, if anything, written as `DoneRecording` writes it.
+    DoneNotBefore(Duration, Option<Record>),
     /// Run this same step again after this long (polling; not a failure).
     Poll(Duration),
 }
@@ -53,7 +53,7 @@ impl StepOutcome {
     /// with the step's progress.
     pub fn recording(record: Option<Record>) -> StepOutcome {
         match record {
-            Some(record) => StepOutcome::DoneRecording(record, Duration::ZERO),
+            Some(record) => StepOutcome::DoneRecording(record),
             None => StepOutcome::Done,
         }
     }
@@ -326,13 +326,15 @@ async fn run_step(deps: &Deps, instance: InstanceRow, op: OperationRow) -> Resul
     let mut record = None;
     let (next_step, attempts, delay, description, error, failed) = match result {
         Ok(StepOutcome::Done) => (index + 1, 0, Duration::ZERO, None, None, None),
-        Ok(StepOutcome::DoneRecording(r, d)) => {
+        Ok(StepOutcome::DoneRecording(r)) => {
             record = Some(r);
-            let description = (!d.is_zero()).then_some(step.description);
-            (index + 1, 0, d, description, None, None)
+            (index + 1, 0, Duration::ZERO, None, None, None)
         }
         // The wait is this step's doing: keep saying so until it is over.
-        Ok(StepOutcome::DoneNotBefore(d)) => (index + 1, 0, d, Some(step.description), None, None),
+        Ok(StepOutcome::DoneNotBefore(d, r)) => {
+            record = r;
+            (index + 1, 0, d, Some(step.description), None, None)
+        }
         Ok(StepOutcome::Poll(d)) => (index, op.attempts, d, Some(step.description), None, None),
         Err(StepError::RetryAfter(wait, msg)) => {
             tracing::warn!(parent: &span, error = %msg, wait_seconds = wait.as_secs(), "asked to wait; will retry then");
